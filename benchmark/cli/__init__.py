@@ -21,6 +21,8 @@ from benchmark.errors import BenchmarkError
 COMMANDS = [
     "protocols",
     "samples",
+    "results",
+    "leaderboard",
 ]
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)

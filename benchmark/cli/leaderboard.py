@@ -1,0 +1,65 @@
+"""`ood-bench leaderboard`: ranked tables from the results file, optionally published."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+
+from benchmark.cli.results import add_results_path
+from benchmark.leaderboard import aggregate, publish, render_rich
+from benchmark.protocol import get_protocol
+from benchmark.store import ResultStore, default_results_path
+
+NAME = "leaderboard"
+HELP = (
+    "Rank method configurations by mean OOD accuracy, with tests against the baseline."
+)
+EPILOG = """examples:
+  ood-bench leaderboard
+  ood-bench leaderboard --protocol standard --out leaderboards/standard
+  ood-bench leaderboard --protocol quick --baseline baseline
+
+One table per variant: OOD accuracy at each class size (mean ± std over
+seeds), mean OOD, ID, gap, conflict accuracy, and the paired difference from
+the baseline with its 95% confidence interval (* when p < 0.05). Results of
+an older protocol version are left out and reported as stale; failed cells
+are listed. With --out, README.md, one PNG per variant and results.csv are
+written to DIR.
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_results_path(parser)
+    parser.add_argument(
+        "--protocol",
+        metavar="NAME",
+        help="the protocol to rank (default: the only one in the results file)",
+    )
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        help="also publish there: README.md with the tables, PNG figures, results.csv",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="NAME",
+        default="baseline",
+        help="the method the others are tested against (default: baseline)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    protocol = get_protocol(args.protocol) if args.protocol else None
+    with ResultStore(args.results or default_results_path(), create=False) as store:
+        df = store.frame(protocol=protocol.name if protocol else None)
+
+    console = Console(highlight=False)
+    if args.out:
+        lb = publish(df, protocol, args.out, baseline=args.baseline)
+    else:
+        lb = aggregate(df, protocol, baseline=args.baseline)
+    render_rich(lb, console)
+    if args.out:
+        console.print(f"published to {args.out}/README.md", markup=False)
+    return 0
