@@ -11,3 +11,10 @@ try:
     __version__ = version("ood-bench")
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
+
+# Re-exported so that a plugin file needs one import line; both modules are
+# light (no torch at import time) and import nothing else from the package.
+from benchmark.hookspec import hookimpl  # noqa: E402
+from benchmark.method import Method, Param  # noqa: E402
+
+__all__ = ["Method", "Param", "__version__", "hookimpl"]

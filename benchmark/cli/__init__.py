@@ -20,6 +20,8 @@ from benchmark.errors import BenchmarkError
 # Order is the order shown in `ood-bench --help`.
 COMMANDS = [
     "protocols",
+    "methods",
+    "check",
     "samples",
     "results",
     "leaderboard",
