@@ -23,6 +23,7 @@ COMMANDS = [
     "methods",
     "check",
     "samples",
+    "run",
     "results",
     "leaderboard",
 ]

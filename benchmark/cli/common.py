@@ -1,0 +1,47 @@
+"""Arguments and output helpers shared by several subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+from rich.console import Console
+
+console = Console(highlight=False)
+
+
+def add_data_root(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-root",
+        metavar="DIR",
+        help="where MNIST and CIFAR-10 are (or are downloaded to); "
+        "default: $OOD_BENCH_DATA, else a per-user cache directory",
+    )
+
+
+def add_plugin_switches(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-outside-plugins",
+        action="store_true",
+        help="load only the built-in methods, none from installed packages",
+    )
+    parser.add_argument(
+        "--disable",
+        metavar="PLUGIN",
+        action="append",
+        default=[],
+        help="skip one outside plugin, by entry-point or distribution name (repeatable)",
+    )
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def percent(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in {"1", "true", "yes"}

@@ -1,0 +1,228 @@
+"""The training engine: every method trains and is evaluated by this loop.
+
+Digits and backgrounds stay in memory as uint8 tensors; each batch is gathered
+by index and composited on the fly, with no per-sample Python work. The
+protocol's budget (epochs, batch size, optimizer, learning rate) is the same
+for every method, and all randomness (initialisation, batch order, the
+method's training transform) comes from generators seeded by the cell's seed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmark.compose import composite, pad_digits
+from benchmark.protocol import Budget
+from benchmark.splits import CellSplits, Split
+
+log = logging.getLogger(__name__)
+
+EVAL_BATCH_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class ImageBank:
+    """Every digit (zero-padded to 32x32) and background, as uint8 tensors on one device."""
+
+    digits: dict[str, torch.Tensor]  # "train"/"test" -> uint8 [N, 32, 32]
+    backgrounds: dict[str, torch.Tensor]  # "train"/"test" -> uint8 [M, 3, 32, 32]
+    data_fingerprint: str | None = None
+
+    @classmethod
+    def from_sources(cls, digits, backgrounds, device: str | torch.device = "cpu") -> ImageBank:
+        """Build from ``benchmark.sources`` Digits and Backgrounds."""
+        from benchmark.sources import data_fingerprint
+
+        return cls(
+            digits={
+                "train": pad_digits(digits.train_images).to(device),
+                "test": pad_digits(digits.test_images).to(device),
+            },
+            backgrounds={"train": backgrounds.train.to(device), "test": backgrounds.test.to(device)},
+            data_fingerprint=data_fingerprint(digits, backgrounds),
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.digits["train"].device
+
+
+@dataclass(frozen=True)
+class SplitTensors:
+    """One split as index tensors into an ImageBank."""
+
+    digits: torch.Tensor  # the bank's uint8 digit set this split draws from
+    backgrounds: torch.Tensor  # the bank's uint8 background set
+    digit_index: torch.Tensor  # int64 [n]
+    background_index: torch.Tensor  # int64 [n]
+    foreground: torch.Tensor  # uint8 [n, 3]
+    label: torch.Tensor  # int64 [n]
+
+    @classmethod
+    def of(cls, split: Split, bank: ImageBank) -> SplitTensors:
+        device = bank.device
+
+        def t(array: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(array)).to(device)
+
+        return cls(
+            digits=bank.digits[split.digit_source],
+            backgrounds=bank.backgrounds[split.background_source],
+            digit_index=t(split.digit_index),
+            background_index=t(split.background_index),
+            foreground=t(split.foreground),
+            label=t(split.label),
+        )
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    def images(self, rows: torch.Tensor) -> torch.Tensor:
+        """Composite the images at positions ``rows`` of this split: float [B, 3, 32, 32]."""
+        return composite(
+            self.digits[self.digit_index[rows]],
+            self.backgrounds[self.background_index[rows]],
+            self.foreground[rows],
+        )
+
+
+@dataclass
+class TrainOutcome:
+    """What training one model produced."""
+
+    model: nn.Module
+    final_loss: float  # mean training loss over the last epoch
+    steps: int
+    seconds: float
+    images_per_second: float
+    diverged: bool
+
+
+def seed_streams(seed: int) -> tuple[int, int, int]:
+    """Independent seeds for initialisation, batch order and the training transform."""
+    init, order, transform = np.random.SeedSequence([seed, 0xB0B]).generate_state(3)
+    return int(init), int(order), int(transform)
+
+
+def count_trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def make_optimizer(model: nn.Module, budget: Budget) -> torch.optim.Optimizer:
+    if budget.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=budget.lr, weight_decay=budget.weight_decay)
+    if budget.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=budget.lr,
+            momentum=budget.momentum,
+            weight_decay=budget.weight_decay,
+        )
+    raise ValueError(f"unknown optimizer {budget.optimizer!r}")
+
+
+def build_model(method, params: dict, seed: int, device: torch.device) -> nn.Module:
+    """The method's model, initialised from the cell's seed."""
+    init_seed, _, _ = seed_streams(seed)
+    torch.manual_seed(init_seed)
+    return method.build_model(dict(params)).to(device)
+
+
+def train(
+    method,
+    params: dict,
+    train_split: SplitTensors,
+    budget: Budget,
+    seed: int,
+    on_step: Callable[[int, int], None] | None = None,
+) -> TrainOutcome:
+    """Train the method's model on one split under the budget.
+
+    ``on_step(done, total)`` is called after every optimizer step (for progress
+    bars). Training stops early, marked diverged, if the loss is not finite.
+    """
+    device = train_split.label.device
+    model = build_model(method, params, seed, device)
+    optimizer = make_optimizer(model, budget)
+    _, order_seed, transform_seed = seed_streams(seed)
+    order_gen = torch.Generator(device="cpu").manual_seed(order_seed)
+    transform_gen = torch.Generator(device=device).manual_seed(transform_seed)
+
+    n = len(train_split)
+    steps_per_epoch = math.ceil(n / budget.batch_size)
+    total_steps = steps_per_epoch * budget.epochs
+    step = 0
+    images_seen = 0
+    epoch_loss = torch.zeros((), device=device)
+    diverged = False
+    model.train()
+    start = time.perf_counter()
+
+    for _epoch in range(budget.epochs):
+        epoch_loss.zero_()
+        order = torch.randperm(n, generator=order_gen).to(device)
+
+        for rows in order.split(budget.batch_size):
+            x = train_split.images(rows)
+            y = train_split.label[rows]
+            if method.train_transform is not None:
+                x = method.train_transform(x, params, transform_gen)
+
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            if method.extra_loss is not None:
+                loss = loss + method.extra_loss(model, x, logits, y, params)
+
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+            epoch_loss += loss.detach() * len(rows)
+            step += 1
+            images_seen += len(rows)
+            if on_step is not None:
+                on_step(step, total_steps)
+
+        # One host sync per epoch: checking every step would stall a GPU pipeline.
+        mean_loss = (epoch_loss / n).item()
+        if not math.isfinite(mean_loss):
+            diverged = True
+            log.warning("%s %s: loss became %s; stopping", method.name, params, mean_loss)
+            break
+
+    seconds = time.perf_counter() - start
+    return TrainOutcome(
+        model=model,
+        final_loss=mean_loss,
+        steps=step,
+        seconds=seconds,
+        images_per_second=images_seen / seconds if seconds > 0 else float("nan"),
+        diverged=diverged,
+    )
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: SplitTensors, batch_size: int = EVAL_BATCH_SIZE) -> float:
+    """Accuracy of ``model`` on a split, in [0, 1]; no training transform is applied."""
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.int64, device=split.label.device)
+    rows_all = torch.arange(len(split), device=split.label.device)
+    for rows in rows_all.split(batch_size):
+        logits = model(split.images(rows))
+        correct += (logits.argmax(dim=1) == split.label[rows]).sum()
+    model.train(was_training)
+    return correct.item() / len(split)
+
+
+def cell_tensors(cell: CellSplits, bank: ImageBank) -> dict[str, SplitTensors]:
+    return {name: SplitTensors.of(split, bank) for name, split in cell.splits.items()}

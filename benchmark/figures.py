@@ -1,0 +1,76 @@
+"""Figures a person looks at before and after running: sample grids and mask galleries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmark.engine import ImageBank, SplitTensors  # noqa: E402
+from benchmark.splits import CellSplits  # noqa: E402
+
+SAMPLE_SPLITS = ("train", "id_test", "ood_test", "conflict_test")
+SPLIT_TITLES = {
+    "train": "train: own class's backgrounds",
+    "id_test": "id_test: unseen digits, own backgrounds",
+    "ood_test": "ood_test: unseen digits, unseen backgrounds",
+    "conflict_test": "conflict_test: another class's backgrounds",
+}
+
+
+def first_of_each_class(labels: np.ndarray, per_class: int = 1) -> list[int]:
+    """Positions of the first ``per_class`` images of each class 0..9, in class order."""
+    rows = []
+    for c in range(10):
+        rows.extend(np.flatnonzero(labels == c)[:per_class].tolist())
+    return rows
+
+
+def background_class(cell: CellSplits, split: str, row: int) -> int | None:
+    """Whose pool a background comes from (None for backgrounds outside every pool)."""
+    s = cell[split]
+    if s.background_source != "train":
+        return None
+    hits = np.argwhere(cell.pools == s.background_index[row])
+    return int(hits[0, 0]) if len(hits) else None
+
+
+def sample_grid(cell: CellSplits, bank: ImageBank, path: Path, per_class: int = 1) -> Path:
+    """Write a labelled grid: one row per split, one column per digit class."""
+    columns = 10 * per_class
+    fig, axes = plt.subplots(
+        len(SAMPLE_SPLITS), columns, figsize=(columns * 1.05, len(SAMPLE_SPLITS) * 1.35 + 0.6)
+    )
+    for r, name in enumerate(SAMPLE_SPLITS):
+        split = cell[name]
+        rows = first_of_each_class(split.label, per_class)
+        images = SplitTensors.of(split, bank).images(torch.as_tensor(rows, device=bank.device))
+        for c, (row, image) in enumerate(zip(rows, images.cpu())):
+            ax = axes[r, c]
+            ax.imshow(image.permute(1, 2, 0).numpy(), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            owner = background_class(cell, name, row)
+            caption = f"y={split.label[row]}" + ("" if owner is None else f" bg={owner}")
+            ax.set_title(caption, fontsize=7, pad=2)
+            if c == 0:
+                ax.set_ylabel(SPLIT_TITLES[name].split(":")[0], fontsize=8)
+        axes[r, columns // 2].text(
+            0, -0.45, SPLIT_TITLES[name], transform=axes[r, 0].transAxes, fontsize=8
+        )
+    fig.suptitle(
+        f"{cell.protocol.key} · {cell.variant.name} digits · class size {cell.class_size}"
+        f" · seed {cell.seed} · fingerprint {cell.fingerprint}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path

@@ -1,0 +1,379 @@
+"""The runner: plans a sweep of cells, runs the missing ones, stores each result.
+
+A cell is one point of the grid method configuration x variant x class size x
+seed. Cells are planned in the driver, which alone writes to the results
+store; executing a cell is a pure function of a picklable ``CellTask``, so the
+same code runs in-process, in a process pool or on a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import socket
+import subprocess
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import benchmark
+from benchmark import engine
+from benchmark.errors import BenchmarkError
+from benchmark.protocol import Protocol, get_protocol
+from benchmark.splits import EVAL_SPLITS, CellSplits, check_class_size, make_splits
+from benchmark.store import CellRecord, canonical_params
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CellTask:
+    """Everything needed to run one cell anywhere; small and picklable."""
+
+    protocol: str
+    method: str
+    params_json: str  # canonical JSON of the method's parameters
+    variant: str
+    class_size: int
+    seed: int
+    fingerprint: str
+    data_root: str
+    device: str = "cpu"
+    disabled_plugins: tuple[str, ...] = ()
+    outside_plugins: bool = True
+    executor: str = "local"
+
+    @property
+    def params(self) -> dict:
+        return json.loads(self.params_json)
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.fingerprint, self.method, self.params_json)
+
+    def label(self) -> str:
+        params = " ".join(f"{k}={v}" for k, v in self.params.items())
+        method = f"{self.method} {params}" if params else self.method
+        return f"{method} · {self.variant} · k={self.class_size} · seed {self.seed}"
+
+
+# ---------------------------------------------------------------- context
+
+
+@dataclass
+class Workspace:
+    """What a process needs to run cells: the data in memory and the methods.
+
+    Built once per process and reused across cells, since loading is the slow part.
+    """
+
+    data_root: Path
+    device: torch.device
+    bank: engine.ImageBank
+    train_labels: np.ndarray
+    test_labels: np.ndarray
+    registry: object
+    _splits: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(
+        cls,
+        data_root: str | os.PathLike,
+        device: str = "cpu",
+        disabled_plugins: Iterable[str] = (),
+        outside_plugins: bool = True,
+        progress: bool = False,
+    ) -> Workspace:
+        from benchmark.registry import load_registry
+        from benchmark.sources import load_backgrounds, load_digits
+
+        registry = load_registry(disable=tuple(disabled_plugins), outside=outside_plugins)
+        root = Path(data_root)
+        digits = load_digits(root, progress=progress)
+        backgrounds = load_backgrounds(root, progress=progress)
+        torch_device = torch.device(device)
+        return cls(
+            data_root=root,
+            device=torch_device,
+            bank=engine.ImageBank.from_sources(digits, backgrounds, torch_device),
+            train_labels=digits.train_labels.numpy(),
+            test_labels=digits.test_labels.numpy(),
+            registry=registry,
+        )
+
+    @property
+    def num_train_backgrounds(self) -> int:
+        return len(self.bank.backgrounds["train"])
+
+    def splits(self, protocol: Protocol, variant: str, class_size: int, seed: int) -> CellSplits:
+        key = (protocol.key, variant, class_size, seed)
+        if key not in self._splits:
+            self._splits[key] = make_splits(
+                protocol,
+                variant,
+                class_size,
+                seed,
+                self.train_labels,
+                self.test_labels,
+                self.num_train_backgrounds,
+                len(self.bank.backgrounds["test"]),
+            )
+        return self._splits[key]
+
+
+_WORKSPACES: dict[tuple, Workspace] = {}
+
+
+def workspace_for(task: CellTask) -> Workspace:
+    """The process-wide workspace for a task's data root, device and plugins."""
+    key = (task.data_root, task.device, task.disabled_plugins, task.outside_plugins)
+    if key not in _WORKSPACES:
+        _WORKSPACES[key] = Workspace.load(
+            task.data_root, task.device, task.disabled_plugins, task.outside_plugins
+        )
+    return _WORKSPACES[key]
+
+
+# ---------------------------------------------------------------- provenance
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """The commit of the source tree ood-bench runs from, with '-dirty' if modified."""
+    source = Path(benchmark.__file__).resolve().parent.parent
+    if not (source / ".git").exists():
+        return None
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "HEAD"],
+            capture_output=True, text=True, check=True, timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, check=True, timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return f"cpu:{platform.processor() or platform.machine()}:{torch.get_num_threads()}t"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------- one cell
+
+
+def run_cell(
+    task: CellTask,
+    workspace: Workspace | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> CellRecord:
+    """Train and evaluate one cell; a failing plugin gives a 'failed' record, not an exception."""
+    ws = workspace or workspace_for(task)
+    protocol = get_protocol(task.protocol)
+    method = ws.registry.get(task.method)
+    params = task.params
+    started, wall_start = _now(), time.perf_counter()
+    record = CellRecord(
+        protocol=protocol.name,
+        protocol_version=protocol.version,
+        fingerprint=task.fingerprint,
+        method=task.method,
+        params=task.params_json,
+        variant=task.variant,
+        class_size=task.class_size,
+        seed=task.seed,
+        status="failed",
+        error=None,
+        id_val_acc=None,
+        id_test_acc=None,
+        ood_test_acc=None,
+        conflict_test_acc=None,
+        train_loss=None,
+        num_params=None,
+        train_seconds=None,
+        wall_seconds=None,
+        images_per_second=None,
+        device=device_name(ws.device),
+        package_version=benchmark.__version__,
+        git_commit=git_commit(),
+        torch_version=torch.__version__,
+        data_fingerprint=ws.bank.data_fingerprint,
+        method_source=ws.registry.source(task.method),
+        executor=task.executor,
+        started_at=started,
+        finished_at=started,
+    )
+    try:
+        cell = ws.splits(protocol, task.variant, task.class_size, task.seed)
+        if cell.fingerprint != task.fingerprint:
+            raise RuntimeError(
+                f"split fingerprint {cell.fingerprint} differs from the planned "
+                f"{task.fingerprint}: the data differ between driver and worker"
+            )
+        tensors = engine.cell_tensors(cell, ws.bank)
+        outcome = engine.train(method, params, tensors["train"], protocol.budget, task.seed, on_step)
+        record.train_loss = outcome.final_loss
+        record.num_params = engine.count_trainable(outcome.model)
+        record.train_seconds = outcome.seconds
+        record.images_per_second = outcome.images_per_second
+        if outcome.diverged:
+            record.status = "diverged"
+            record.error = f"training loss became {outcome.final_loss} after {outcome.steps} steps"
+        else:
+            for split in EVAL_SPLITS:
+                setattr(record, f"{split}_acc", engine.evaluate(outcome.model, tensors[split]))
+            record.status = "ok"
+    except Exception as exc:  # a plugin's bug must not end the sweep
+        log.debug("cell %s failed:\n%s", task.label(), traceback.format_exc())
+        record.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+    record.wall_seconds = time.perf_counter() - wall_start
+    record.finished_at = _now()
+    return record
+
+
+# ---------------------------------------------------------------- planning
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """The cells of a sweep, in run order, and which of them are already stored."""
+
+    tasks: list[CellTask]
+    done: list[CellTask]
+
+    @property
+    def todo(self) -> list[CellTask]:
+        done = {t.key for t in self.done}
+        return [t for t in self.tasks if t.key not in done]
+
+
+def plan_sweep(
+    workspace: Workspace,
+    protocol: Protocol,
+    configurations: list[tuple[str, list[dict]]],
+    variants: Iterable[str],
+    class_sizes: Iterable[int],
+    seeds: Iterable[int],
+    done_keys: set | frozenset = frozenset(),
+    device: str = "cpu",
+    executor: str = "local",
+    disabled_plugins: tuple[str, ...] = (),
+    outside_plugins: bool = True,
+) -> SweepPlan:
+    """Expand the grid into tasks, ordered so each split is built once and every
+    seed of a configuration finishes close together."""
+    variants, class_sizes, seeds = list(variants), list(class_sizes), list(seeds)
+    for k in class_sizes:
+        check_class_size(k, workspace.num_train_backgrounds)
+    tasks = []
+    for variant in variants:
+        for k in class_sizes:
+            for seed in seeds:
+                fingerprint = workspace.splits(protocol, variant, k, seed).fingerprint
+                for method, param_grid in configurations:
+                    for params in param_grid:
+                        tasks.append(
+                            CellTask(
+                                protocol=protocol.name,
+                                method=method,
+                                params_json=canonical_params(params),
+                                variant=variant,
+                                class_size=k,
+                                seed=seed,
+                                fingerprint=fingerprint,
+                                data_root=str(workspace.data_root),
+                                device=device,
+                                disabled_plugins=disabled_plugins,
+                                outside_plugins=outside_plugins,
+                                executor=executor,
+                            )
+                        )
+    done = [t for t in tasks if t.key in done_keys]
+    return SweepPlan(tasks, done)
+
+
+def runner_id() -> str:
+    """Who holds a claim on a cell: host, process and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def run_sweep(
+    plan: SweepPlan,
+    store,
+    workspace: Workspace,
+    on_start: Callable[[CellTask], None] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+    on_done: Callable[[CellTask, CellRecord], None] | None = None,
+    on_skip: Callable[[CellTask, str], None] | None = None,
+    force: bool = False,
+) -> Iterator[CellRecord]:
+    """Run the plan's missing cells in this process, storing each as it finishes.
+
+    A cell another runner holds a claim on is skipped; each record is written
+    in its own transaction before the next cell starts.
+    """
+    owner = runner_id()
+    tasks = plan.tasks if force else plan.todo
+    for task in tasks:
+        if not force and task.key in store.done_keys():
+            if on_skip:
+                on_skip(task, "stored meanwhile by another runner")
+            continue
+        if not store.claim(task.key, owner):
+            if on_skip:
+                on_skip(task, "being run by another runner")
+            continue
+        try:
+            if on_start:
+                on_start(task)
+            record = run_cell(task, workspace, on_step)
+            store.put(record, replace=force)
+        finally:
+            store.release(task.key, owner)
+        if on_done:
+            on_done(task, record)
+        yield record
+
+
+def check_configurations(registry, configurations: list[tuple[str, list[dict]]]) -> None:
+    """Validate every configuration's model before any training starts."""
+    from benchmark.registry import validate_model
+
+    for method, grid in configurations:
+        for params in grid:
+            validate_model(registry.get(method), params)
+
+
+def parse_int_list(values: Iterable[str] | None, what: str) -> list[int] | None:
+    """Parse '1,2,4' style CLI values (repeatable) into ints, or a one-line error."""
+    if values is None:
+        return None
+    out = []
+    for value in values:
+        for part in str(value).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                out.append(int(part))
+            except ValueError:
+                raise BenchmarkError(f"{what} must be whole numbers, got {part!r}") from None
+    return out
