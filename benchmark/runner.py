@@ -318,39 +318,47 @@ def runner_id() -> str:
 def run_sweep(
     plan: SweepPlan,
     store,
-    workspace: Workspace,
+    executor,
     on_start: Callable[[CellTask], None] | None = None,
     on_step: Callable[[int, int], None] | None = None,
     on_done: Callable[[CellTask, CellRecord], None] | None = None,
     on_skip: Callable[[CellTask, str], None] | None = None,
     force: bool = False,
 ) -> Iterator[CellRecord]:
-    """Run the plan's missing cells in this process, storing each as it finishes.
+    """Run the plan's missing cells on ``executor``, storing each as it finishes.
 
-    A cell another runner holds a claim on is skipped; each record is written
-    in its own transaction before the next cell starts.
+    Each cell is claimed in the store just before it is handed to the executor,
+    so a cell another runner holds is skipped, and each record is written in
+    its own transaction as soon as it comes back. Claims of cells that never
+    finished (an interrupt) are released on the way out.
     """
     owner = runner_id()
-    tasks = plan.tasks if force else plan.todo
-    for task in tasks:
-        if not force and task.key in store.done_keys():
-            if on_skip:
-                on_skip(task, "stored meanwhile by another runner")
-            continue
-        if not store.claim(task.key, owner):
-            if on_skip:
-                on_skip(task, "being run by another runner")
-            continue
-        try:
-            if on_start:
-                on_start(task)
-            record = run_cell(task, workspace, on_step)
+    claimed: set[tuple[str, str, str]] = set()
+
+    def claimed_tasks() -> Iterator[CellTask]:
+        for task in plan.tasks if force else plan.todo:
+            if not force and task.key in store.done_keys():
+                if on_skip:
+                    on_skip(task, "stored meanwhile by another runner")
+                continue
+            if not store.claim(task.key, owner):
+                if on_skip:
+                    on_skip(task, "being run by another runner")
+                continue
+            claimed.add(task.key)
+            yield task
+
+    try:
+        for task, record in executor.run(claimed_tasks(), on_start, on_step):
             store.put(record, replace=force)
-        finally:
             store.release(task.key, owner)
-        if on_done:
-            on_done(task, record)
-        yield record
+            claimed.discard(task.key)
+            if on_done:
+                on_done(task, record)
+            yield record
+    finally:
+        for key in claimed:
+            store.release(key, owner)
 
 
 def check_configurations(registry, configurations: list[tuple[str, list[dict]]]) -> None:

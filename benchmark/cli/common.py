@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 import torch
 from rich.console import Console
 
-console = Console(highlight=False)
+# Wide tables stay readable when output goes to a file or a pipe, where rich
+# would otherwise assume 80 columns.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
 def add_data_root(parser: argparse.ArgumentParser) -> None:

@@ -25,6 +25,8 @@ from benchmark.cli.common import (
 )
 from benchmark.errors import BenchmarkError
 
+EXECUTORS = ("local",)
+
 NAME = "run"
 HELP = "Train and evaluate methods over their sweep; store every cell and print a ranked table."
 EPILOG = """The grid is method configurations x variants x class sizes x seeds; each point
@@ -70,6 +72,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="recompute cells already stored")
     parser.add_argument(
         "--device", default=None, help="torch device (default: cuda when available, else cpu)"
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="cells to run at once in worker processes on this machine (default: 1)",
+    )
+    parser.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        default="local",
+        help="where cells run: this machine (local) or a Ray cluster (ray)",
     )
     add_data_root(parser)
     add_plugin_switches(parser)
@@ -121,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
             seeds,
             done_keys=set() if args.force else store.done_keys(),
             device=device,
+            executor=args.executor if args.executor != "local" or args.jobs == 1 else "process",
             disabled_plugins=tuple(args.disable),
             outside_plugins=not args.no_outside_plugins,
         )
@@ -186,8 +202,9 @@ def _execute(plan, store, workspace, args) -> list:
 
     records = []
     todo = plan.tasks if args.force else plan.todo
+    executor = make_executor(args, workspace)
     if args.quiet:
-        return list(runner.run_sweep(plan, store, workspace, force=args.force))
+        return list(runner.run_sweep(plan, store, executor, force=args.force))
 
     columns = (
         TextColumn("{task.description}"),
@@ -216,11 +233,22 @@ def _execute(plan, store, workspace, args) -> list:
             progress.console.print(f"[dim]skipped {task.label()}: {why}[/]")
 
         for record in runner.run_sweep(
-            plan, store, workspace, on_start, on_step, on_done, on_skip, force=args.force
+            plan, store, executor, on_start, on_step, on_done, on_skip, force=args.force
         ):
             records.append(record)
         progress.update(current, visible=False)
     return records
+
+
+def make_executor(args, workspace):
+    """The executor the command line asks for."""
+    from benchmark.executors import LocalExecutor, ProcessExecutor
+
+    if args.jobs < 1:
+        raise BenchmarkError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.jobs > 1:
+        return ProcessExecutor(args.jobs)
+    return LocalExecutor(workspace)
 
 
 def _cell_line(task, record) -> str:
