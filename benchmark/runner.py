@@ -52,6 +52,9 @@ class CellTask:
     disabled_plugins: tuple[str, ...] = ()
     outside_plugins: bool = True
     executor: str = "local"
+    # Modules whose method plugins are registered on top of the installed ones,
+    # imported by name in every worker (for tests and embedding).
+    extra_plugin_modules: tuple[str, ...] = ()
 
     @property
     def params(self) -> dict:
@@ -93,14 +96,22 @@ class Workspace:
         disabled_plugins: Iterable[str] = (),
         outside_plugins: bool = True,
         progress: bool = False,
+        download: bool = True,
+        extra_plugin_modules: Iterable[str] = (),
     ) -> Workspace:
+        import importlib
+
         from benchmark.registry import load_registry
         from benchmark.sources import load_backgrounds, load_digits
 
-        registry = load_registry(disable=tuple(disabled_plugins), outside=outside_plugins)
+        registry = load_registry(
+            disable=tuple(disabled_plugins),
+            outside=outside_plugins,
+            extra_plugins=[importlib.import_module(m) for m in extra_plugin_modules],
+        )
         root = Path(data_root)
-        digits = load_digits(root, progress=progress)
-        backgrounds = load_backgrounds(root, progress=progress)
+        digits = load_digits(root, download=download, progress=progress)
+        backgrounds = load_backgrounds(root, download=download, progress=progress)
         torch_device = torch.device(device)
         return cls(
             data_root=root,
@@ -136,10 +147,20 @@ _WORKSPACES: dict[tuple, Workspace] = {}
 
 def workspace_for(task: CellTask) -> Workspace:
     """The process-wide workspace for a task's data root, device and plugins."""
-    key = (task.data_root, task.device, task.disabled_plugins, task.outside_plugins)
+    key = (
+        task.data_root,
+        task.device,
+        task.disabled_plugins,
+        task.outside_plugins,
+        task.extra_plugin_modules,
+    )
     if key not in _WORKSPACES:
         _WORKSPACES[key] = Workspace.load(
-            task.data_root, task.device, task.disabled_plugins, task.outside_plugins
+            task.data_root,
+            task.device,
+            task.disabled_plugins,
+            task.outside_plugins,
+            extra_plugin_modules=task.extra_plugin_modules,
         )
     return _WORKSPACES[key]
 
@@ -277,6 +298,7 @@ def plan_sweep(
     executor: str = "local",
     disabled_plugins: tuple[str, ...] = (),
     outside_plugins: bool = True,
+    extra_plugin_modules: tuple[str, ...] = (),
 ) -> SweepPlan:
     """Expand the grid into tasks, ordered so each split is built once and every
     seed of a configuration finishes close together."""
@@ -304,6 +326,7 @@ def plan_sweep(
                                 disabled_plugins=disabled_plugins,
                                 outside_plugins=outside_plugins,
                                 executor=executor,
+                                extra_plugin_modules=extra_plugin_modules,
                             )
                         )
     done = [t for t in tasks if t.key in done_keys]

@@ -21,6 +21,11 @@ def add_data_root(parser: argparse.ArgumentParser) -> None:
         help="where MNIST and CIFAR-10 are (or are downloaded to); "
         "default: $OOD_BENCH_DATA, else a per-user cache directory",
     )
+    parser.add_argument(
+        "--no-download",
+        action="store_true",
+        help="fail instead of downloading MNIST or CIFAR-10 when they are missing",
+    )
 
 
 def add_plugin_switches(parser: argparse.ArgumentParser) -> None:

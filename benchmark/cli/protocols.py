@@ -83,4 +83,9 @@ def _workspace(args):
     from benchmark.runner import Workspace
     from benchmark.sources import resolve_data_root
 
-    return Workspace.load(resolve_data_root(args.data_root), progress=True, outside_plugins=False)
+    return Workspace.load(
+        resolve_data_root(args.data_root),
+        progress=True,
+        outside_plugins=False,
+        download=not args.no_download,
+    )

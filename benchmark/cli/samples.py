@@ -45,7 +45,10 @@ def run(args: argparse.Namespace) -> int:
     if not 1 <= args.per_class <= 5:
         raise BenchmarkError("--per-class must be between 1 and 5")
     workspace = Workspace.load(
-        resolve_data_root(args.data_root), progress=True, outside_plugins=False
+        resolve_data_root(args.data_root),
+        progress=True,
+        outside_plugins=False,
+        download=not args.no_download,
     )
     cell = workspace.splits(protocol, args.variant, args.class_size, args.seed)
     path = sample_grid(cell, workspace.bank, args.out, per_class=args.per_class)
