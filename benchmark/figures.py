@@ -74,3 +74,53 @@ def sample_grid(cell: CellSplits, bank: ImageBank, path: Path, per_class: int = 
     fig.savefig(path, dpi=150)
     plt.close(fig)
     return path
+
+
+def mask_precision(masks: torch.Tensor, alpha: torch.Tensor, threshold: float = 0.5) -> dict:
+    """How a mask splits its mass between digit and background pixels.
+
+    ``masks`` [N, 1, 32, 32] in [0, 1]; ``alpha`` [N, 32, 32] digit intensity in
+    [0, 1]. Returns the share of mask mass on digit pixels (alpha > threshold),
+    the share of pixels that are digit (what a uniform mask would score), and
+    the mean mask value on each kind of pixel.
+    """
+    digit = (alpha > threshold).float().unsqueeze(1)
+    mass = masks.sum()
+    return {
+        "digit_mass_share": float((masks * digit).sum() / mass) if mass > 0 else float("nan"),
+        "digit_pixel_share": float(digit.mean()),
+        "mean_on_digit": float((masks * digit).sum() / digit.sum()),
+        "mean_on_background": float((masks * (1 - digit)).sum() / (1 - digit).sum()),
+    }
+
+
+def mask_gallery(
+    panels: list[tuple[str, torch.Tensor, torch.Tensor]], path: Path, title: str
+) -> Path:
+    """One row per trained masker: the OOD images once, then each row's masks.
+
+    ``panels`` holds (row label, images [N, 3, 32, 32], masks [N, 1, 32, 32]);
+    every row shows the same images, so rows differ only by the masker.
+    """
+    n = panels[0][1].shape[0]
+    rows = len(panels) + 1
+    fig, axes = plt.subplots(rows, n, figsize=(n * 1.0 + 1.2, rows * 1.05 + 0.5), squeeze=False)
+    for c in range(n):
+        axes[0, c].imshow(panels[0][1][c].permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
+    axes[0, 0].set_ylabel("image", fontsize=7, rotation=0, ha="right", va="center")
+    for r, (label, _, masks) in enumerate(panels, start=1):
+        for c in range(n):
+            axes[r, c].imshow(
+                masks[c, 0].cpu().numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest"
+            )
+        axes[r, 0].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path

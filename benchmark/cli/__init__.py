@@ -26,6 +26,7 @@ COMMANDS = [
     "run",
     "results",
     "leaderboard",
+    "masks",
 ]
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
