@@ -68,7 +68,8 @@ def sample_grid(cell: CellSplits, bank: ImageBank, path: Path, per_class: int = 
         f" · seed {cell.seed} · fingerprint {cell.fingerprint}",
         fontsize=9,
     )
-    fig.tight_layout()
+    # Fixed margins: tight_layout cannot fit the captions between rows.
+    fig.subplots_adjust(left=0.06, right=0.99, top=0.88, bottom=0.08, hspace=0.75)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=150)
