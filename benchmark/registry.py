@@ -2,7 +2,8 @@
 
 Built-in methods are the modules of the ``benchmark.plugins`` package (one file
 each, found with pkgutil). Outside methods come from installed distributions
-that declare an entry point in the ``ood_bench`` group. Every mistake a plugin
+that declare an entry point in the ``ood_bench`` group, or from importable
+modules named in the environment variable OOD_BENCH_PLUGINS. Every mistake a plugin
 can make is reported as one `PluginError` line naming the plugin, the
 distribution that provides it and what is wrong.
 """
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 GROUP = hookspec.PROJECT  # the entry-point group outside plugins declare
 DISABLE_ENV = "OOD_BENCH_DISABLE_PLUGINS"
+PLUGINS_ENV = "OOD_BENCH_PLUGINS"  # modules to load as plugins without installing them
 BUILTIN_SOURCE = f"ood-bench {__version__}"
 IN_PROCESS_SOURCE = "in-process"
 
@@ -115,8 +117,10 @@ def load_registry(
     ``disable`` names outside plugins to skip, by entry-point name or by
     distribution name; so does the comma-separated environment variable
     OOD_BENCH_DISABLE_PLUGINS, where ``all`` skips every outside plugin, as
-    ``outside=False`` does. ``extra_plugins`` are registered as they are (for
-    tests and embedding). Raises PluginError on the first broken plugin.
+    ``outside=False`` does. The modules named in OOD_BENCH_PLUGINS
+    (comma-separated, importable from ``sys.path``) are outside plugins too.
+    ``extra_plugins`` are registered as they are (for tests and embedding).
+    Raises PluginError on the first broken plugin.
     """
     disabled = {d.strip() for d in disable if d.strip()}
     disabled |= {d.strip() for d in os.environ.get(DISABLE_ENV, "").split(",")}
@@ -138,6 +142,7 @@ def load_registry(
         sources[name] = IN_PROCESS_SOURCE
     if outside:
         sources.update(_load_outside(pm, disabled))
+        sources.update(_load_env_modules(pm, disabled))
 
     for name, plugin in pm.list_name_plugin():
         _check_hook_names(pm, plugin, _label(name, sources.get(name, "?")))
@@ -231,6 +236,36 @@ def _load_outside(pm: pluggy.PluginManager, disabled: set[str]) -> dict[str, str
                 f"{_label(ep.name, source)}: could not be loaded, {_brief(exc)}; {hint}"
             ) from None
         sources[ep.name] = source
+    return sources
+
+
+def env_plugin_modules() -> tuple[str, ...]:
+    """The module names listed in OOD_BENCH_PLUGINS, in order, without repeats."""
+    names = (name.strip() for name in os.environ.get(PLUGINS_ENV, "").split(","))
+    return tuple(dict.fromkeys(name for name in names if name))
+
+
+def _load_env_modules(pm: pluggy.PluginManager, disabled: set[str]) -> dict[str, str]:
+    """Import and register each module named in OOD_BENCH_PLUGINS not disabled."""
+    sources = {}
+    for module_name in env_plugin_modules():
+        source = f"{PLUGINS_ENV}={module_name}"
+        if module_name in disabled:
+            log.info("plugin module %s is disabled", module_name)
+            continue
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:  # noqa: BLE001 - an import error, say whose
+            raise PluginError(
+                f"{_label(module_name, source)}: could not be imported, "
+                f"{_brief(exc)}; fix the name or remove it from {PLUGINS_ENV}"
+            ) from None
+        # The same module may also come in as an extra plugin (a worker given
+        # the run's module list); registering it twice would be an error.
+        if pm.is_registered(module):
+            continue
+        _register(pm, module, module_name, source)
+        sources[module_name] = source
     return sources
 
 
