@@ -543,9 +543,19 @@ def _progress_bar(
     from rich.console import Console
     from rich.progress import Progress
 
-    with Progress(console=Console(stderr=True), transient=False) as bar:
+    console = Console(stderr=True)
+    # Off a terminal a bar is only its last frame, which would sit on stderr
+    # next to the one-line error of a failed load.
+    if not console.is_terminal:
+        yield lambda n: None
+        return
+    with Progress(console=console, transient=False) as bar:
         task = bar.add_task(description, total=total)
-        yield lambda n: bar.advance(task, n)
+        try:
+            yield lambda n: bar.advance(task, n)
+        except BaseException:
+            bar.live.transient = True  # erase the stopped bar above the error
+            raise
 
 
 def _check_counts(arrays: dict[str, np.ndarray], where: Path) -> None:
