@@ -380,7 +380,7 @@ def test_check_command_fails_a_random_evaluation(capsys, monkeypatch):
 
     plugin = _plugin(Method("jittery", "d", lambda params: Jittery()), name="jitter")
     monkeypatch.setattr(
-        "benchmark.cli.check.load_registry",
+        "benchmark.registry.load_registry",
         lambda **kwargs: load_registry(outside=False, extra_plugins=[plugin]),
     )
     assert main(["check", "jittery"]) == 1

@@ -8,9 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from benchmark.cli.common import add_plugin_switches
-from benchmark.conformance import run_checks
 from benchmark.errors import PluginError
-from benchmark.registry import load_registry, validate_model
 
 NAME = "check"
 HELP = "Check that a method keeps the plugin contract, on a tiny synthetic split."
@@ -43,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from benchmark.conformance import run_checks
+    from benchmark.registry import load_registry, validate_model
+
     registry = load_registry(disable=args.disable, outside=not args.no_outside_plugins)
     method = registry.get(args.method)
     configs = registry.parse_params(method, args.param)

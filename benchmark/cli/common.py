@@ -6,7 +6,6 @@ import argparse
 import os
 import sys
 
-import torch
 from rich.console import Console
 
 # Wide tables stay readable when output goes to a file or a pipe, where rich
@@ -44,6 +43,8 @@ def add_plugin_switches(parser: argparse.ArgumentParser) -> None:
 
 
 def default_device() -> str:
+    import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 

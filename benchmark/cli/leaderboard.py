@@ -7,9 +7,7 @@ import argparse
 from rich.console import Console
 
 from benchmark.cli.results import add_results_path
-from benchmark.leaderboard import aggregate, publish, render_rich
 from benchmark.protocol import get_protocol
-from benchmark.store import ResultStore, default_results_path
 
 NAME = "leaderboard"
 HELP = (
@@ -50,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from benchmark.leaderboard import aggregate, publish, render_rich
+    from benchmark.store import ResultStore, default_results_path
+
     protocol = get_protocol(args.protocol) if args.protocol else None
     with ResultStore(args.results or default_results_path(), create=False) as store:
         df = store.frame(protocol=protocol.name if protocol else None)

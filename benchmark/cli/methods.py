@@ -9,7 +9,6 @@ from rich.table import Table
 
 from benchmark.cli.common import add_plugin_switches
 from benchmark.method import Method, Param
-from benchmark.registry import load_registry
 
 NAME = "methods"
 HELP = "List every method: its params, their defaults and sweeps, and its source."
@@ -29,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from benchmark.registry import load_registry
+
     registry = load_registry(disable=args.disable, outside=not args.no_outside_plugins)
     table = Table(title="Methods", show_lines=True)
     table.add_column("Method", style="bold", no_wrap=True)

@@ -7,7 +7,6 @@ import argparse
 from rich.table import Table
 
 from benchmark.cli.common import add_data_root, console
-from benchmark.compose import VARIANTS
 from benchmark.protocol import PROTOCOLS, get_protocol
 
 NAME = "protocols"
@@ -30,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from benchmark.compose import VARIANTS
+
     if args.name is None:
         table = Table(title="Protocols")
         for column in ("name", "version", "class sizes", "variants", "seeds", "budget", "about"):
@@ -60,7 +61,6 @@ def run(args: argparse.Namespace) -> int:
         if key not in ("name", "version", "description"):
             console.print(f"  {key}: {value}")
 
-    from benchmark.runner import Workspace
 
     workspace = _workspace(args)
     table = Table(title=f"Split fingerprints of {protocol.key}")

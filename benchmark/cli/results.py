@@ -8,8 +8,6 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from benchmark.store import ResultStore, default_results_path
-
 NAME = "results"
 HELP = "Summarise the stored results by method and status, or export them as CSV."
 EPILOG = """examples:
@@ -47,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from benchmark.store import ResultStore, default_results_path
+
     path = args.results or default_results_path()
     with ResultStore(path, create=False) as store:
         if args.csv == "-":

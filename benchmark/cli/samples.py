@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from benchmark.cli.common import add_data_root, console
-from benchmark.compose import get_variant
 from benchmark.protocol import get_protocol
 
 NAME = "samples"
@@ -35,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from benchmark.compose import get_variant
     from benchmark.errors import BenchmarkError
     from benchmark.figures import sample_grid
     from benchmark.runner import Workspace
