@@ -5,6 +5,8 @@ what comes back to the results store; an executor never touches the store.
   callback per training step.
 - ``ProcessExecutor``: ``jobs`` worker processes, each with its share of the
   CPU threads; each worker loads the data once and keeps it.
+- ``RayExecutor``: one Ray task per cell on a Ray cluster, with per-cell CPU
+  and GPU requests and retries; each Ray worker loads the data once.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 
 import torch
 
-from benchmark.runner import CellTask, Workspace, run_cell
-from benchmark.store import CellRecord
+import benchmark
+from benchmark.errors import BenchmarkError
+from benchmark.protocol import get_protocol
+from benchmark.runner import CellTask, Workspace, git_commit, run_cell
+from benchmark.store import CellRecord, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -94,3 +99,192 @@ class ProcessExecutor:
             finally:
                 for future in pending:
                     future.cancel()
+
+
+# ---------------------------------------------------------------- Ray
+
+RAY_INSTALL_HINT = (
+    "--executor ray needs Ray; install it with pip install 'ood-bench[ray]'"
+)
+
+
+def require_ray():
+    """Import and return the ``ray`` module, or raise a one-line BenchmarkError."""
+    try:
+        import ray
+    except ImportError:
+        raise BenchmarkError(RAY_INSTALL_HINT) from None
+    return ray
+
+
+def _run_on_ray(task: CellTask, threads: int) -> CellRecord:
+    # Ray reuses worker processes, so the workspace cached by workspace_for is
+    # loaded once per worker, not once per cell.
+    torch.set_num_threads(threads)
+    return run_cell(task)
+
+
+def lost_cell_record(task: CellTask, error: str) -> CellRecord:
+    """A 'failed' record for a cell that never came back from its worker."""
+    protocol = get_protocol(task.protocol)
+    now = utc_now()
+    return CellRecord(
+        protocol=protocol.name,
+        protocol_version=protocol.version,
+        fingerprint=task.fingerprint,
+        method=task.method,
+        params=task.params_json,
+        variant=task.variant,
+        class_size=task.class_size,
+        seed=task.seed,
+        status="failed",
+        error=error.splitlines()[0][:500] if error else "the worker was lost",
+        id_val_acc=None,
+        id_test_acc=None,
+        ood_test_acc=None,
+        conflict_test_acc=None,
+        train_loss=None,
+        num_params=None,
+        train_seconds=None,
+        wall_seconds=None,
+        images_per_second=None,
+        device=task.device,
+        package_version=benchmark.__version__,
+        git_commit=git_commit(),
+        torch_version=torch.__version__,
+        method_source="unknown",
+        executor=task.executor,
+        started_at=now,
+        finished_at=now,
+    )
+
+
+class RayExecutor:
+    """Runs each cell as a Ray task on an existing cluster or on one started here.
+
+    At most as many cells are in flight as the cluster has room for, so cells
+    are claimed in the store only when a slot is free. A cell whose record says
+    'failed' is run again up to ``retries`` times; Ray itself reruns a task whose
+    worker died, up to the same number of times.
+    """
+
+    name = "ray"
+
+    def __init__(
+        self,
+        address: str | None = None,
+        cpus_per_task: float = 1,
+        gpus_per_task: float = 0,
+        retries: int = 2,
+    ) -> None:
+        self.ray = require_ray()
+        if cpus_per_task <= 0:
+            raise BenchmarkError(
+                f"--cpus-per-task must be above 0, got {cpus_per_task:g}"
+            )
+        if gpus_per_task < 0:
+            raise BenchmarkError(
+                f"--gpus-per-task must be 0 or more, got {gpus_per_task:g}"
+            )
+        if retries < 0:
+            raise BenchmarkError(f"--retries must be 0 or more, got {retries}")
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self.cpus_per_task = cpus_per_task
+        self.gpus_per_task = gpus_per_task
+        self.retries = retries
+
+    def _connect(self) -> bool:
+        """Join the cluster, or start a local one; True when this call started Ray."""
+        ray = self.ray
+        if ray.is_initialized():
+            return False
+        quiet = {"include_dashboard": False, "logging_level": logging.WARNING}
+        try:
+            if self.address:
+                ray.init(address=self.address, **quiet)
+            else:
+                # "local" starts a private cluster even if `ray start` runs here;
+                # --address auto joins that one instead.
+                ray.init(address="local", num_cpus=os.cpu_count() or 1, **quiet)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = self.address or "a local cluster"
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise BenchmarkError(
+                f"cannot connect to Ray at {where} ({first}); check --address or "
+                f"start a cluster with `ray start --head`"
+            ) from None
+        return True
+
+    def slots(self) -> int:
+        """How many cells the cluster can run at once with this task's requests."""
+        resources = self.ray.cluster_resources()
+        fits = [resources.get("CPU", 1) / self.cpus_per_task]
+        if self.gpus_per_task > 0:
+            if resources.get("GPU", 0) < self.gpus_per_task:
+                raise BenchmarkError(
+                    f"the Ray cluster has {resources.get('GPU', 0):g} GPUs, fewer than "
+                    f"--gpus-per-task {self.gpus_per_task:g}; lower it or add GPU nodes"
+                )
+            fits.append(resources["GPU"] / self.gpus_per_task)
+        return max(1, int(min(fits) + 1e-9))
+
+    def run(
+        self,
+        tasks: Iterable[CellTask],
+        on_start: StartCallback | None = None,
+        on_step: StepCallback | None = None,
+    ) -> Iterator[tuple[CellTask, CellRecord]]:
+        ray = self.ray
+        started_here = self._connect()
+        remote = ray.remote(_run_on_ray).options(
+            num_cpus=self.cpus_per_task,
+            num_gpus=self.gpus_per_task,
+            max_retries=self.retries,
+            retry_exceptions=True,
+        )
+        threads = max(1, int(self.cpus_per_task))
+        slots = self.slots()
+        log.info("running up to %d cells at once on Ray", slots)
+
+        pending: dict = {}  # object ref -> (task, attempt)
+        source = iter(tasks)
+        try:
+            while True:
+                while len(pending) < slots:
+                    task = next(source, None)
+                    if task is None:
+                        break
+                    if on_start:
+                        on_start(task)
+                    pending[remote.remote(task, threads)] = (task, 1)
+                if not pending:
+                    return
+                finished, _ = ray.wait(list(pending), num_returns=1)
+                for ref in finished:
+                    task, attempt = pending.pop(ref)
+                    try:
+                        record = ray.get(ref)
+                    except ray.exceptions.RayError as exc:
+                        # Ray already retried it; store it as failed so the sweep
+                        # goes on and a later run tries the cell again.
+                        log.warning("cell %s was lost on Ray: %s", task.label(), exc)
+                        error = f"{type(exc).__name__}: {exc}"
+                        yield task, lost_cell_record(task, error)
+                        continue
+                    if record.status == "failed" and attempt <= self.retries:
+                        log.info(
+                            "cell %s failed (%s); attempt %d of %d",
+                            task.label(),
+                            record.error,
+                            attempt + 1,
+                            self.retries + 1,
+                        )
+                        pending[remote.remote(task, threads)] = (task, attempt + 1)
+                        continue
+                    yield task, record
+        finally:
+            # An interrupt or an abandoned generator: stop what is still running.
+            for ref in pending:
+                ray.cancel(ref)
+            if started_here:
+                ray.shutdown()

@@ -25,7 +25,7 @@ from benchmark.cli.common import (
 )
 from benchmark.errors import BenchmarkError
 
-EXECUTORS = ("local",)
+EXECUTORS = ("local", "ray")
 
 NAME = "run"
 HELP = "Train and evaluate methods over their sweep; store every cell and print a ranked table."
@@ -40,6 +40,7 @@ examples:
   ood-bench run --method baseline --method noise --class-sizes 1,16,64 --seeds 0
   ood-bench run --method masker --param c=-1,0,1 --variant black
   ood-bench run --method all --protocol standard --results study.sqlite
+  ood-bench run --method all --executor ray --address auto --gpus-per-task 0.25
 """
 
 
@@ -86,6 +87,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="local",
         help="where cells run: this machine (local) or a Ray cluster (ray)",
     )
+    ray = parser.add_argument_group("Ray (with --executor ray; see docs/ray.md)")
+    ray.add_argument(
+        "--address",
+        metavar="HOST:PORT",
+        help="Ray cluster to join, or 'auto' for the one started on this machine "
+        "(default: $RAY_ADDRESS, else a private cluster started here)",
+    )
+    ray.add_argument(
+        "--cpus-per-task",
+        type=float,
+        default=1,
+        metavar="N",
+        help="CPUs Ray reserves for each cell; also its torch threads (default: 1)",
+    )
+    ray.add_argument(
+        "--gpus-per-task",
+        type=float,
+        default=0,
+        metavar="N",
+        help="GPUs Ray reserves for each cell; 0.25 puts four cells on a GPU "
+        "(default: 0)",
+    )
+    ray.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        metavar="N",
+        help="times a failed cell is run again before it is stored as failed "
+        "(default: 2)",
+    )
     add_data_root(parser)
     add_plugin_switches(parser)
     noise = parser.add_mutually_exclusive_group()
@@ -112,18 +143,23 @@ def run(args: argparse.Namespace) -> int:
         protocol.class_sizes
     )
     seeds = runner.parse_int_list(args.seeds, "--seeds") or list(protocol.seeds)
-    device = args.device or default_device()
-    _check_device(device)
+    if args.executor == "ray":
+        device = _ray_device(args)
+    else:
+        device = args.device or default_device()
+        _check_device(device)
 
     # Open the store first: a bad results path must fail before any data loads.
     store = ResultStore(args.results or default_results_path())
     with store:
         workspace = runner.Workspace.load(
             resolve_data_root(args.data_root),
-            device=device,
+            # With Ray, cells run on the cluster's devices; planning needs only a CPU.
+            device="cpu" if args.executor == "ray" else device,
             disabled_plugins=tuple(args.disable),
             outside_plugins=not args.no_outside_plugins,
             progress=not args.quiet,
+            download=not args.no_download,
         )
         configurations = _configurations(workspace.registry, args.method, args.param)
         runner.check_configurations(workspace.registry, configurations)
@@ -171,6 +207,25 @@ def _check_device(device: str) -> None:
         raise BenchmarkError(
             f"device {device!r} is not usable here ({first}); pass --device cpu"
         ) from None
+
+
+def _ray_device(args: argparse.Namespace) -> str:
+    """The device Ray cells run on; checked before any data loads."""
+    from benchmark.executors import require_ray
+
+    require_ray()
+    if args.jobs != 1:
+        raise BenchmarkError(
+            "--jobs is for --executor local; with Ray, --cpus-per-task and "
+            "--gpus-per-task decide how many cells run at once"
+        )
+    device = args.device or ("cuda" if args.gpus_per_task > 0 else "cpu")
+    if device.startswith("cuda") and args.gpus_per_task <= 0:
+        raise BenchmarkError(
+            f"--device {device} with --executor ray needs --gpus-per-task "
+            f"(e.g. 1, or 0.25 to put four cells on a GPU)"
+        )
+    return device
 
 
 def _configurations(registry, method_names: list[str], overrides: list[str]):
@@ -242,8 +297,15 @@ def _execute(plan, store, workspace, args) -> list:
 
 def make_executor(args, workspace):
     """The executor the command line asks for."""
-    from benchmark.executors import LocalExecutor, ProcessExecutor
+    from benchmark.executors import LocalExecutor, ProcessExecutor, RayExecutor
 
+    if args.executor == "ray":
+        return RayExecutor(
+            address=args.address,
+            cpus_per_task=args.cpus_per_task,
+            gpus_per_task=args.gpus_per_task,
+            retries=args.retries,
+        )
     if args.jobs < 1:
         raise BenchmarkError(f"--jobs must be at least 1, got {args.jobs}")
     if args.jobs > 1:
