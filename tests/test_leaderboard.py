@@ -333,3 +333,26 @@ def test_missing_results_file_is_one_line_and_exit_2(tmp_path, capsys):
     assert "no results file" in err and len(err.strip().splitlines()) == 1
     assert not missing.exists()
     assert main(["leaderboard", "--results", str(missing), "--protocol", "nope"]) == 2
+
+
+def test_two_parameter_sweeps_get_heatmaps(tmp_path):
+    rows = []
+    for fraction in (0.1, 0.5):
+        for intensity in (0.5, 1.0):
+            params = canonical_params({"fraction": fraction, "intensity": intensity})
+            for seed in (0, 1, 2):
+                rows.append(cell("noise", params, 4, seed, 0.3 + fraction * intensity))
+                rows.append(cell("noise", params, 1, seed, 0.2))
+    for seed in (0, 1, 2):
+        for k in (1, 4):
+            rows.append(cell("baseline", "{}", k, seed, 0.3))
+    lb = publish(pd.DataFrame(rows), TINY, tmp_path)
+    written = sorted(p.name for p in tmp_path.glob("noise-*.png"))
+    assert written == ["noise-black-k4.png"]  # without 16, the upper median of (1, 4)
+    readme = (tmp_path / "README.md").read_text()
+    assert "## Parameter grids" in readme and "noise-black-k4.png" in readme
+    assert (tmp_path / "noise-black-k4.png").stat().st_size > 10_000
+    from benchmark.leaderboard import heatmaps
+
+    assert list(heatmaps(lb, tmp_path / "k1", class_size=1)) == [("noise", "black")]
+    assert (tmp_path / "k1" / "noise-black-k1.png").exists()
