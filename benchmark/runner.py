@@ -12,11 +12,9 @@ import json
 import logging
 import os
 import platform
-import socket
 import subprocess
 import time
 import traceback
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -31,7 +29,7 @@ from benchmark import engine
 from benchmark.errors import BenchmarkError
 from benchmark.protocol import Protocol, get_protocol
 from benchmark.splits import EVAL_SPLITS, CellSplits, check_class_size, make_splits
-from benchmark.store import CellRecord, canonical_params
+from benchmark.store import CellRecord, canonical_params, new_owner
 
 log = logging.getLogger(__name__)
 
@@ -333,11 +331,6 @@ def plan_sweep(
     return SweepPlan(tasks, done)
 
 
-def runner_id() -> str:
-    """Who holds a claim on a cell: host, process and a random part."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
 def run_sweep(
     plan: SweepPlan,
     store,
@@ -355,7 +348,7 @@ def run_sweep(
     its own transaction as soon as it comes back. Claims of cells that never
     finished (an interrupt) are released on the way out.
     """
-    owner = runner_id()
+    owner = new_owner()
     claimed: set[tuple[str, str, str]] = set()
 
     def claimed_tasks() -> Iterator[CellTask]:

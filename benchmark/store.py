@@ -113,8 +113,25 @@ def utc_now() -> str:
 
 
 def new_owner() -> str:
-    """A claim owner id for this process: ``hostname:pid:uuid``."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
+    """A claim owner id for this process: ``hostname:pid:identity:uuid``.
+
+    The identity (boot id and process start time, on Linux) tells a live runner
+    from an unrelated process that later got the same pid, after a restart say.
+    """
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_process_identity(pid) or '-'}:{uuid.uuid4().hex}"
+
+
+def _process_identity(pid: int) -> str | None:
+    """The boot id and start time of process ``pid``, or None where /proc lacks them."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name in field 2 may hold spaces; fields after its ')' are plain.
+    start_time = stat.rpartition(")")[2].split()[19]
+    return f"{boot}-{start_time}"
 
 
 def default_results_path() -> Path:
@@ -185,12 +202,18 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _owner_is_dead(owner: str) -> bool:
-    """True when the owner ran on this host and its process is gone."""
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
+    """True when the owner ran on this host and its process is gone, or its pid
+    now belongs to another process."""
+    parts = owner.split(":")
+    host, pid_text = parts[0], parts[1] if len(parts) > 1 else ""
     if host != socket.gethostname() or not pid_text.isdigit():
         return False  # cannot tell from here; only the timeout frees it
-    return not _pid_alive(int(pid_text))
+    pid = int(pid_text)
+    if not _pid_alive(pid):
+        return True
+    recorded = parts[2] if len(parts) >= 4 else "-"
+    current = _process_identity(pid)
+    return recorded != "-" and current is not None and current != recorded
 
 
 class ResultStore:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import socket
 import sqlite3
 import subprocess
@@ -188,6 +189,19 @@ def test_claim_of_a_dead_process_is_taken_over(tmp_path):
     key = make_record().key
     with ResultStore(tmp_path / "r.sqlite") as store:
         assert store.claim(key, dead_owner)
+        assert store.claim(key, new_owner())
+
+
+def test_claim_whose_pid_now_belongs_to_another_process_is_taken_over(tmp_path):
+    # Our own pid stands for a pid that was reused after the claiming runner died:
+    # alive, but with another start time than the one recorded in the claim.
+    host, pid = socket.gethostname(), os.getpid()
+    key = make_record().key
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        assert store.claim(key, new_owner())
+        assert not store.claim(key, f"{host}:{pid}:other:{'0' * 32}")  # a live owner holds it
+    with ResultStore(tmp_path / "s.sqlite") as store:
+        assert store.claim(key, f"{host}:{pid}:deadbeef-1:{'0' * 32}")
         assert store.claim(key, new_owner())
 
 

@@ -10,7 +10,9 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 
 from rich.console import Console
 
@@ -75,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         level=os.environ.get("OOD_BENCH_LOG", "WARNING").upper(),
         format="%(levelname)s %(name)s: %(message)s",
     )
+    # SIGTERM (a job scheduler, `kill`) unwinds like Ctrl-C, so claims on cells
+    # that were running are released and every finished cell stays stored.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "_run", None) is None:
@@ -88,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("ood-bench: interrupted; finished results are kept.", markup=False)
         return 130
+
+
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def entry() -> None:
