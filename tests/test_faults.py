@@ -150,7 +150,8 @@ def ran_count(stdout: str) -> int:
 
 def test_killed_runner_resumes_without_recomputing(data_root, tmp_path):
     results = tmp_path / "results.sqlite"
-    argv = command(results, *SWEEP, "--class-sizes", "1,2,3", "-q")
+    # One cell at a time, so the kill lands between cells in a known order.
+    argv = command(results, *SWEEP, "--class-sizes", "1,2,3", "--jobs", "1", "-q")
     runner = start_cli(argv, cli_env(data_root), tmp_path)
     try:
         deadline = time.monotonic() + TIMEOUT_S
@@ -227,7 +228,8 @@ def test_broken_plugins_are_stored_and_shown_and_the_sweep_goes_on(data_root, tm
         results,
         *[arg for name in methods for arg in ("--method", name)],
         *["--protocol", "smoke", "--class-sizes", "2", "--seeds", "0"],
-        *["--device", "cpu", "-q"],
+        # In this process: the fault plugin counts the builds of one process.
+        *["--device", "cpu", "--jobs", "1", "-q"],
     )
     env = cli_env(data_root, OOD_BENCH_PLUGINS="fault_plugins")
     first = run_cli(argv, env, tmp_path)
