@@ -14,7 +14,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 # Re-exported so that a plugin file needs one import line; both modules are
 # light (no torch at import time) and import nothing else from the package.
-from benchmark.hookspec import hookimpl  # noqa: E402
-from benchmark.method import Method, Param  # noqa: E402
+from benchmark.hookspec import hookimpl
+from benchmark.method import Method, Param
 
 __all__ = ["Method", "Param", "__version__", "hookimpl"]

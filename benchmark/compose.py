@@ -32,7 +32,11 @@ VARIANTS: dict[str, Variant] = {
     for v in (
         Variant("black", "black digits (foreground 0)", (0, 0, 0)),
         Variant("white", "white digits (foreground 1)", (255, 255, 255)),
-        Variant("gray", "mid-gray digits (foreground 128/255 in every channel)", (128, 128, 128)),
+        Variant(
+            "gray",
+            "mid-gray digits (foreground 128/255 in every channel)",
+            (128, 128, 128),
+        ),
         Variant(
             "color",
             "a random RGB colour per image, drawn from the seed, unrelated to the label",
@@ -52,7 +56,9 @@ def get_variant(name: str) -> Variant:
         ) from None
 
 
-def foreground_colours(variant: Variant, n: int, rng: np.random.Generator) -> np.ndarray:
+def foreground_colours(
+    variant: Variant, n: int, rng: np.random.Generator
+) -> np.ndarray:
     """The uint8 [n, 3] foreground colours of ``n`` images of a split."""
     if variant.colour is None:
         return rng.integers(0, 256, size=(n, 3), dtype=np.uint8)

@@ -38,7 +38,9 @@ class ImageBank:
     data_fingerprint: str | None = None
 
     @classmethod
-    def from_sources(cls, digits, backgrounds, device: str | torch.device = "cpu") -> ImageBank:
+    def from_sources(
+        cls, digits, backgrounds, device: str | torch.device = "cpu"
+    ) -> ImageBank:
         """Build from ``benchmark.sources`` Digits and Backgrounds."""
         from benchmark.sources import data_fingerprint
 
@@ -47,7 +49,10 @@ class ImageBank:
                 "train": pad_digits(digits.train_images).to(device),
                 "test": pad_digits(digits.test_images).to(device),
             },
-            backgrounds={"train": backgrounds.train.to(device), "test": backgrounds.test.to(device)},
+            backgrounds={
+                "train": backgrounds.train.to(device),
+                "test": backgrounds.test.to(device),
+            },
             data_fingerprint=data_fingerprint(digits, backgrounds),
         )
 
@@ -123,7 +128,9 @@ def count_trainable(model: nn.Module) -> int:
 
 def make_optimizer(model: nn.Module, budget: Budget) -> torch.optim.Optimizer:
     if budget.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=budget.lr, weight_decay=budget.weight_decay)
+        return torch.optim.Adam(
+            model.parameters(), lr=budget.lr, weight_decay=budget.weight_decay
+        )
     if budget.optimizer == "sgd":
         return torch.optim.SGD(
             model.parameters(),
@@ -225,7 +232,9 @@ def train(
         mean_loss = (epoch_loss / max(epoch_images, 1)).item()
         if not math.isfinite(mean_loss):
             diverged = True
-            log.warning("%s %s: loss became %s; stopping", method.name, params, mean_loss)
+            log.warning(
+                "%s %s: loss became %s; stopping", method.name, params, mean_loss
+            )
             break
         if step == total_steps:
             break
@@ -242,7 +251,9 @@ def train(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: SplitTensors, batch_size: int = EVAL_BATCH_SIZE) -> float:
+def evaluate(
+    model: nn.Module, split: SplitTensors, batch_size: int = EVAL_BATCH_SIZE
+) -> float:
     """Accuracy of ``model`` on a split, in [0, 1]; no training transform is applied."""
     was_training = model.training
     model.eval()

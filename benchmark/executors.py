@@ -79,7 +79,10 @@ class ProcessExecutor:
         pending: dict[Future, CellTask] = {}
         source = iter(tasks)
         with ProcessPoolExecutor(
-            self.jobs, mp_context=context, initializer=_init_worker, initargs=(self.threads,)
+            self.jobs,
+            mp_context=context,
+            initializer=_init_worker,
+            initargs=(self.threads,),
         ) as pool:
             try:
                 while True:

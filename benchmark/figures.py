@@ -7,12 +7,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
-from benchmark.engine import ImageBank, SplitTensors  # noqa: E402
-from benchmark.splits import CellSplits  # noqa: E402
+from benchmark.engine import ImageBank, SplitTensors
+from benchmark.splits import CellSplits
 
 SAMPLE_SPLITS = ("train", "id_test", "ood_test", "conflict_test")
 SPLIT_TITLES = {
@@ -40,23 +40,31 @@ def background_class(cell: CellSplits, split: str, row: int) -> int | None:
     return int(hits[0, 0]) if len(hits) else None
 
 
-def sample_grid(cell: CellSplits, bank: ImageBank, path: Path, per_class: int = 1) -> Path:
+def sample_grid(
+    cell: CellSplits, bank: ImageBank, path: Path, per_class: int = 1
+) -> Path:
     """Write a labelled grid: one row per split, one column per digit class."""
     columns = 10 * per_class
     fig, axes = plt.subplots(
-        len(SAMPLE_SPLITS), columns, figsize=(columns * 1.05, len(SAMPLE_SPLITS) * 1.35 + 0.6)
+        len(SAMPLE_SPLITS),
+        columns,
+        figsize=(columns * 1.05, len(SAMPLE_SPLITS) * 1.35 + 0.6),
     )
     for r, name in enumerate(SAMPLE_SPLITS):
         split = cell[name]
         rows = first_of_each_class(split.label, per_class)
-        images = SplitTensors.of(split, bank).images(torch.as_tensor(rows, device=bank.device))
+        images = SplitTensors.of(split, bank).images(
+            torch.as_tensor(rows, device=bank.device)
+        )
         for c, (row, image) in enumerate(zip(rows, images.cpu())):
             ax = axes[r, c]
             ax.imshow(image.permute(1, 2, 0).numpy(), interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             owner = background_class(cell, name, row)
-            caption = f"y={split.label[row]}" + ("" if owner is None else f" bg={owner}")
+            caption = f"y={split.label[row]}" + (
+                "" if owner is None else f" bg={owner}"
+            )
             ax.set_title(caption, fontsize=7, pad=2)
             if c == 0:
                 ax.set_ylabel(SPLIT_TITLES[name].split(":")[0], fontsize=8)
@@ -77,7 +85,9 @@ def sample_grid(cell: CellSplits, bank: ImageBank, path: Path, per_class: int = 
     return path
 
 
-def mask_precision(masks: torch.Tensor, alpha: torch.Tensor, threshold: float = 0.5) -> dict:
+def mask_precision(
+    masks: torch.Tensor, alpha: torch.Tensor, threshold: float = 0.5
+) -> dict:
     """How a mask splits its mass between digit and background pixels.
 
     ``masks`` [N, 1, 32, 32] in [0, 1]; ``alpha`` [N, 32, 32] digit intensity in
@@ -88,7 +98,9 @@ def mask_precision(masks: torch.Tensor, alpha: torch.Tensor, threshold: float = 
     digit = (alpha > threshold).float().unsqueeze(1)
     mass = masks.sum()
     return {
-        "digit_mass_share": float((masks * digit).sum() / mass) if mass > 0 else float("nan"),
+        "digit_mass_share": float((masks * digit).sum() / mass)
+        if mass > 0
+        else float("nan"),
         "digit_pixel_share": float(digit.mean()),
         "mean_on_digit": float((masks * digit).sum() / digit.sum()),
         "mean_on_background": float((masks * (1 - digit)).sum() / (1 - digit).sum()),
@@ -105,14 +117,22 @@ def mask_gallery(
     """
     n = panels[0][1].shape[0]
     rows = len(panels) + 1
-    fig, axes = plt.subplots(rows, n, figsize=(n * 1.0 + 1.2, rows * 1.05 + 0.5), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, n, figsize=(n * 1.0 + 1.2, rows * 1.05 + 0.5), squeeze=False
+    )
     for c in range(n):
-        axes[0, c].imshow(panels[0][1][c].permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
+        axes[0, c].imshow(
+            panels[0][1][c].permute(1, 2, 0).cpu().numpy(), interpolation="nearest"
+        )
     axes[0, 0].set_ylabel("image", fontsize=7, rotation=0, ha="right", va="center")
     for r, (label, _, masks) in enumerate(panels, start=1):
         for c in range(n):
             axes[r, c].imshow(
-                masks[c, 0].cpu().numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest"
+                masks[c, 0].cpu().numpy(),
+                cmap="gray",
+                vmin=0,
+                vmax=1,
+                interpolation="nearest",
             )
         axes[r, 0].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
     for ax in axes.flat:

@@ -598,7 +598,9 @@ def plot(lb: Leaderboard, out_dir: str | Path) -> dict[str, Path]:
     return written
 
 
-def heatmaps(lb: Leaderboard, out_dir: str | Path, class_size: int | None = None) -> dict:
+def heatmaps(
+    lb: Leaderboard, out_dir: str | Path, class_size: int | None = None
+) -> dict:
     """For each method swept over exactly two parameters: ID and OOD accuracy over
     that grid at one class size, one PNG per (method, variant).
 
@@ -611,27 +613,51 @@ def heatmaps(lb: Leaderboard, out_dir: str | Path, class_size: int | None = None
     if ok.empty:
         return {}
     sizes = sorted(ok["class_size"].unique())
-    k = class_size if class_size is not None else (16 if 16 in sizes else sizes[len(sizes) // 2])
+    k = (
+        class_size
+        if class_size is not None
+        else (16 if 16 in sizes else sizes[len(sizes) // 2])
+    )
     written = {}
-    for (method, variant), group in ok[ok["class_size"] == k].groupby(["method", "variant"]):
-        params = pd.DataFrame([json.loads(p) for p in group["params"]], index=group.index)
+    for (method, variant), group in ok[ok["class_size"] == k].groupby(
+        ["method", "variant"]
+    ):
+        params = pd.DataFrame(
+            [json.loads(p) for p in group["params"]], index=group.index
+        )
         swept = [c for c in params.columns if params[c].nunique() > 1]
         if len(swept) != 2:
             continue
         rows_key, cols_key = swept
-        data = pd.concat([params[swept], group[["id_test_acc", "ood_test_acc"]]], axis=1)
+        data = pd.concat(
+            [params[swept], group[["id_test_acc", "ood_test_acc"]]], axis=1
+        )
         fig = Figure(figsize=(9, 3.8), layout="constrained")
-        for i, (metric, title) in enumerate((("id_test_acc", "ID"), ("ood_test_acc", "OOD"))):
-            grid = data.pivot_table(index=rows_key, columns=cols_key, values=metric, aggfunc="mean")
+        for i, (metric, title) in enumerate(
+            (("id_test_acc", "ID"), ("ood_test_acc", "OOD"))
+        ):
+            grid = data.pivot_table(
+                index=rows_key, columns=cols_key, values=metric, aggfunc="mean"
+            )
             ax = fig.add_subplot(1, 2, i + 1)
-            image = ax.imshow(100 * grid.to_numpy(), cmap="viridis", origin="lower", aspect="auto")
+            image = ax.imshow(
+                100 * grid.to_numpy(), cmap="viridis", origin="lower", aspect="auto"
+            )
             ax.set_xticks(range(len(grid.columns)), [f"{v:g}" for v in grid.columns])
             ax.set_yticks(range(len(grid.index)), [f"{v:g}" for v in grid.index])
             ax.set_xlabel(cols_key)
             ax.set_ylabel(rows_key)
             ax.set_title(f"{title} accuracy (%)")
             for (r, c), value in np.ndenumerate(100 * grid.to_numpy()):
-                ax.text(c, r, f"{value:.1f}", ha="center", va="center", fontsize=7, color="w")
+                ax.text(
+                    c,
+                    r,
+                    f"{value:.1f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="w",
+                )
             fig.colorbar(image, ax=ax, shrink=0.8)
         fig.suptitle(
             f"{method} · {_variant_title(variant)} · class size {k} · mean over seeds"

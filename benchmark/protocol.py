@@ -38,9 +38,13 @@ class Protocol:
     class_sizes: tuple[int, ...]
     variants: tuple[str, ...]
     seeds: tuple[int, ...]
-    n_train: int | None  # training digits; None means every MNIST training digit not in id_val
+    n_train: (
+        int | None
+    )  # training digits; None means every MNIST training digit not in id_val
     n_val: int  # held-out training digits for id_val
-    n_test: int | None  # test digits for id_test, ood_test, conflict_test; None means all
+    n_test: (
+        int | None
+    )  # test digits for id_test, ood_test, conflict_test; None means all
     budget: Budget
 
     @property

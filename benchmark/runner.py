@@ -124,7 +124,9 @@ class Workspace:
     def num_train_backgrounds(self) -> int:
         return len(self.bank.backgrounds["train"])
 
-    def splits(self, protocol: Protocol, variant: str, class_size: int, seed: int) -> CellSplits:
+    def splits(
+        self, protocol: Protocol, variant: str, class_size: int, seed: int
+    ) -> CellSplits:
         key = (protocol.key, variant, class_size, seed)
         if key not in self._splits:
             self._splits[key] = make_splits(
@@ -175,11 +177,17 @@ def git_commit() -> str | None:
     try:
         commit = subprocess.run(
             ["git", "-C", str(source), "rev-parse", "HEAD"],
-            capture_output=True, text=True, check=True, timeout=10,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, check=True, timeout=10,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
@@ -189,7 +197,9 @@ def git_commit() -> str | None:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(device)}"
-    return f"cpu:{platform.processor() or platform.machine()}:{torch.get_num_threads()}t"
+    return (
+        f"cpu:{platform.processor() or platform.machine()}:{torch.get_num_threads()}t"
+    )
 
 
 def _now() -> str:
@@ -248,19 +258,27 @@ def run_cell(
                 f"{task.fingerprint}: the data differ between driver and worker"
             )
         tensors = engine.cell_tensors(cell, ws.bank)
-        outcome = engine.train(method, params, tensors["train"], protocol.budget, task.seed, on_step)
+        outcome = engine.train(
+            method, params, tensors["train"], protocol.budget, task.seed, on_step
+        )
         record.train_loss = outcome.final_loss
         record.num_params = engine.count_trainable(outcome.model)
         record.train_seconds = outcome.seconds
         record.images_per_second = outcome.images_per_second
         if outcome.diverged:
             record.status = "diverged"
-            record.error = f"training loss became {outcome.final_loss} after {outcome.steps} steps"
+            record.error = (
+                f"training loss became {outcome.final_loss} after {outcome.steps} steps"
+            )
         else:
             for split in EVAL_SPLITS:
-                setattr(record, f"{split}_acc", engine.evaluate(outcome.model, tensors[split]))
+                setattr(
+                    record,
+                    f"{split}_acc",
+                    engine.evaluate(outcome.model, tensors[split]),
+                )
             record.status = "ok"
-    except Exception as exc:  # a plugin's bug must not end the sweep
+    except Exception as exc:  # noqa: BLE001 - a plugin's bug must not end the sweep
         log.debug("cell %s failed:\n%s", task.label(), traceback.format_exc())
         record.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
     record.wall_seconds = time.perf_counter() - wall_start
@@ -377,7 +395,9 @@ def run_sweep(
             store.release(key, owner)
 
 
-def check_configurations(registry, configurations: list[tuple[str, list[dict]]]) -> None:
+def check_configurations(
+    registry, configurations: list[tuple[str, list[dict]]]
+) -> None:
     """Validate every configuration's model before any training starts."""
     from benchmark.registry import validate_model
 
@@ -399,5 +419,7 @@ def parse_int_list(values: Iterable[str] | None, what: str) -> list[int] | None:
             try:
                 out.append(int(part))
             except ValueError:
-                raise BenchmarkError(f"{what} must be whole numbers, got {part!r}") from None
+                raise BenchmarkError(
+                    f"{what} must be whole numbers, got {part!r}"
+                ) from None
     return out

@@ -51,7 +51,9 @@ class Split:
 
     name: str
     digit_source: str  # "train" or "test": which MNIST set digit_index points into
-    background_source: str  # "train" or "test": which background set background_index points into
+    background_source: (
+        str  # "train" or "test": which background set background_index points into
+    )
     digit_index: np.ndarray  # int64 [n]
     background_index: np.ndarray  # int64 [n]
     label: np.ndarray  # int64 [n], the digit's class
@@ -101,7 +103,11 @@ def make_pools(seed: int, class_size: int, num_train_backgrounds: int) -> np.nda
     check_class_size(class_size, num_train_backgrounds)
     largest = max_class_size(num_train_backgrounds)
     order = _rng(seed, "pools").permutation(num_train_backgrounds)
-    return order[: NUM_CLASSES * largest].reshape(NUM_CLASSES, largest)[:, :class_size].copy()
+    return (
+        order[: NUM_CLASSES * largest]
+        .reshape(NUM_CLASSES, largest)[:, :class_size]
+        .copy()
+    )
 
 
 def make_splits(
@@ -121,7 +127,9 @@ def make_splits(
     pools = make_pools(seed, class_size, num_train_backgrounds)
 
     n_val = protocol.n_val
-    n_train = protocol.n_train if protocol.n_train is not None else len(train_labels) - n_val
+    n_train = (
+        protocol.n_train if protocol.n_train is not None else len(train_labels) - n_val
+    )
     n_test = protocol.n_test if protocol.n_test is not None else len(test_labels)
     if n_val + n_train > len(train_labels) or n_test > len(test_labels):
         raise BenchmarkError(
@@ -134,9 +142,13 @@ def make_splits(
     if n_test == len(test_labels):
         test_digits = np.arange(n_test, dtype=np.int64)
     else:
-        test_digits = np.sort(_rng(seed, "digits_test").permutation(len(test_labels))[:n_test])
+        test_digits = np.sort(
+            _rng(seed, "digits_test").permutation(len(test_labels))[:n_test]
+        )
 
-    def own_pool(name: str, source: str, digits: np.ndarray, labels: np.ndarray) -> Split:
+    def own_pool(
+        name: str, source: str, digits: np.ndarray, labels: np.ndarray
+    ) -> Split:
         rng = _rng(seed, name, class_size)
         y = labels[digits]
         slot = rng.integers(0, class_size, size=len(digits))
@@ -153,14 +165,24 @@ def make_splits(
     rng = _rng(seed, "ood_test")
     background = rng.integers(0, num_test_backgrounds, size=len(test_digits))
     fg = foreground_colours(variant, len(test_digits), rng)
-    splits["ood_test"] = Split("ood_test", "test", "test", test_digits, background, y_test, fg)
+    splits["ood_test"] = Split(
+        "ood_test", "test", "test", test_digits, background, y_test, fg
+    )
 
     rng = _rng(seed, "conflict_test", class_size)
-    other_class = (y_test + rng.integers(1, NUM_CLASSES, size=len(test_digits))) % NUM_CLASSES
+    other_class = (
+        y_test + rng.integers(1, NUM_CLASSES, size=len(test_digits))
+    ) % NUM_CLASSES
     slot = rng.integers(0, class_size, size=len(test_digits))
     fg = foreground_colours(variant, len(test_digits), rng)
     splits["conflict_test"] = Split(
-        "conflict_test", "test", "train", test_digits, pools[other_class, slot], y_test, fg
+        "conflict_test",
+        "test",
+        "train",
+        test_digits,
+        pools[other_class, slot],
+        y_test,
+        fg,
     )
 
     fingerprint = fingerprint_of(protocol, variant, class_size, seed, splits)
@@ -168,7 +190,11 @@ def make_splits(
 
 
 def fingerprint_of(
-    protocol: Protocol, variant: Variant, class_size: int, seed: int, splits: dict[str, Split]
+    protocol: Protocol,
+    variant: Variant,
+    class_size: int,
+    seed: int,
+    splits: dict[str, Split],
 ) -> str:
     """A hash of the protocol definition, the cell's coordinates, and every digit,
     background and foreground of every split (16 hex digits)."""
@@ -178,6 +204,11 @@ def fingerprint_of(
     for name in SPLIT_NAMES:
         split = splits[name]
         h.update(f"{name}:{split.digit_source}:{split.background_source}:".encode())
-        for array in (split.digit_index, split.background_index, split.label, split.foreground):
+        for array in (
+            split.digit_index,
+            split.background_index,
+            split.label,
+            split.foreground,
+        ):
             h.update(np.ascontiguousarray(array).tobytes())
     return h.hexdigest()[:16]

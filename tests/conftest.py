@@ -25,7 +25,9 @@ def data_root() -> Path:
     """The real MNIST and CIFAR-10 (OOD_BENCH_DATA); tests using it skip when it is unset."""
     value = os.environ.get("OOD_BENCH_DATA")
     if not value:
-        pytest.skip("OOD_BENCH_DATA is not set; real-data tests need MNIST and CIFAR-10")
+        pytest.skip(
+            "OOD_BENCH_DATA is not set; real-data tests need MNIST and CIFAR-10"
+        )
     root = Path(value)
     if not root.is_dir():
         pytest.fail(f"OOD_BENCH_DATA={value} is not a directory")

@@ -59,8 +59,19 @@ def test_protocol_shows_its_fingerprints(data_root, real_workspace, capsys):
 def test_samples_writes_a_png(tmp_path, data_root, capsys):
     out = tmp_path / "grid.png"
     status = main(
-        ["samples", "--protocol", "quick", "--variant", "white", "--class-size", "4",
-         "--out", str(out), "--data-root", str(data_root)]
+        [
+            "samples",
+            "--protocol",
+            "quick",
+            "--variant",
+            "white",
+            "--class-size",
+            "4",
+            "--out",
+            str(out),
+            "--data-root",
+            str(data_root),
+        ]
     )
     assert status == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -69,8 +80,17 @@ def test_samples_writes_a_png(tmp_path, data_root, capsys):
 
 @pytest.mark.realdata
 def test_samples_rejects_a_class_size_too_large(tmp_path, data_root, capsys):
-    status = main(["samples", "--class-size", "6000", "--out", str(tmp_path / "x.png"),
-                   "--data-root", str(data_root)])
+    status = main(
+        [
+            "samples",
+            "--class-size",
+            "6000",
+            "--out",
+            str(tmp_path / "x.png"),
+            "--data-root",
+            str(data_root),
+        ]
+    )
     assert status == 2
     assert "class size 6000 is out of range" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()

@@ -13,7 +13,9 @@ from benchmark.errors import BenchmarkError
 
 def reference(digit, background, foreground):
     a = digit.double()[:, None] / 255
-    return (1 - a) * background.double() / 255 + a * foreground.double()[:, :, None, None] / 255
+    return (1 - a) * background.double() / 255 + a * foreground.double()[
+        :, :, None, None
+    ] / 255
 
 
 @settings(max_examples=50, deadline=None)
@@ -21,12 +23,16 @@ def reference(digit, background, foreground):
 def test_composite_follows_the_formula(seed, batch):
     g = torch.Generator().manual_seed(seed)
     digit = torch.randint(0, 256, (batch, 32, 32), dtype=torch.uint8, generator=g)
-    background = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, generator=g)
+    background = torch.randint(
+        0, 256, (batch, 3, 32, 32), dtype=torch.uint8, generator=g
+    )
     foreground = torch.randint(0, 256, (batch, 3), dtype=torch.uint8, generator=g)
     x = composite(digit, background, foreground)
     assert x.shape == (batch, 3, 32, 32) and x.dtype == torch.float32
     assert x.min() >= 0 and x.max() <= 1
-    torch.testing.assert_close(x.double(), reference(digit, background, foreground), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        x.double(), reference(digit, background, foreground), atol=1e-6, rtol=0
+    )
 
 
 def test_zero_intensity_keeps_the_background_and_full_intensity_the_foreground():

@@ -33,8 +33,19 @@ def test_end_to_end_run_stores_every_cell_and_prints_a_leaderboard(
     results = tmp_path / "results.sqlite"
     status = main(
         [
-            "run", "--method", "baseline", "--method", "masker", "--param", "c=-1",
-            "--protocol", "smoke", "--results", str(results), "--data-root", str(data_root),
+            "run",
+            "--method",
+            "baseline",
+            "--method",
+            "masker",
+            "--param",
+            "c=-1",
+            "--protocol",
+            "smoke",
+            "--results",
+            str(results),
+            "--data-root",
+            str(data_root),
         ]
     )
     assert status == 0
@@ -50,8 +61,16 @@ def test_end_to_end_run_stores_every_cell_and_prints_a_leaderboard(
     for column in ("id_val_acc", "id_test_acc", "ood_test_acc", "conflict_test_acc"):
         assert 0.0 <= row[column] <= 1.0
     # every stored result says what produced it
-    for column in ("fingerprint", "torch_version", "device", "package_version",
-                   "data_fingerprint", "method_source", "started_at", "finished_at"):
+    for column in (
+        "fingerprint",
+        "torch_version",
+        "device",
+        "package_version",
+        "data_fingerprint",
+        "method_source",
+        "started_at",
+        "finished_at",
+    ):
         assert frame[column].notna().all(), column
     assert (frame["num_params"] > 0).all() and (frame["images_per_second"] > 0).all()
 
@@ -59,7 +78,11 @@ def test_end_to_end_run_stores_every_cell_and_prints_a_leaderboard(
 def test_rerun_completes_only_missing_cells(tmp_path, real_workspace):
     path = tmp_path / "results.sqlite"
     with ResultStore(path) as store:
-        first = list(run_sweep(plan(real_workspace, store, (2,)), store, LocalExecutor(real_workspace)))
+        first = list(
+            run_sweep(
+                plan(real_workspace, store, (2,)), store, LocalExecutor(real_workspace)
+            )
+        )
         assert len(first) == 1
         before = store.frame().set_index("class_size")
 
@@ -83,7 +106,13 @@ def test_same_seed_gives_identical_metrics(real_workspace):
     from benchmark.runner import run_cell
 
     a, b = run_cell(task, real_workspace), run_cell(task, real_workspace)
-    for column in ("train_loss", "id_val_acc", "id_test_acc", "ood_test_acc", "conflict_test_acc"):
+    for column in (
+        "train_loss",
+        "id_val_acc",
+        "id_test_acc",
+        "ood_test_acc",
+        "conflict_test_acc",
+    ):
         assert getattr(a, column) == getattr(b, column), column
 
 
@@ -92,8 +121,9 @@ def test_training_transform_never_reaches_evaluation(real_workspace):
     method = real_workspace.registry.get("noise")
     cell = real_workspace.splits(SMOKE, "black", 8, 0)
     tensors = engine.cell_tensors(cell, real_workspace.bank)
-    outcome = engine.train(method, {"fraction": 1.0, "intensity": 1.0}, tensors["train"],
-                           SMOKE.budget, 0)
+    outcome = engine.train(
+        method, {"fraction": 1.0, "intensity": 1.0}, tensors["train"], SMOKE.budget, 0
+    )
     calls = []
     original = method.train_transform
 
@@ -123,8 +153,18 @@ def test_training_transform_never_reaches_evaluation(real_workspace):
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, data_root, capsys, argv, message):
     results = tmp_path / "results.sqlite"
-    argv = ["run", "--method", "masker", "--protocol", "smoke", "--results", str(results),
-            "--data-root", str(data_root), *argv]
+    argv = [
+        "run",
+        "--method",
+        "masker",
+        "--protocol",
+        "smoke",
+        "--results",
+        str(results),
+        "--data-root",
+        str(data_root),
+        *argv,
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err
@@ -132,8 +172,18 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, data_root, capsys, argv, mes
 
 
 def test_missing_data_root_is_one_line_and_exit_2(tmp_path, capsys):
-    argv = ["run", "--method", "baseline", "--protocol", "smoke", "--no-download",
-            "--results", str(tmp_path / "r.sqlite"), "--data-root", str(tmp_path / "nowhere")]
+    argv = [
+        "run",
+        "--method",
+        "baseline",
+        "--protocol",
+        "smoke",
+        "--no-download",
+        "--results",
+        str(tmp_path / "r.sqlite"),
+        "--data-root",
+        str(tmp_path / "nowhere"),
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "OOD_BENCH_DATA" in err

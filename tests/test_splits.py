@@ -89,7 +89,10 @@ def test_same_test_digits_in_every_test_split(synthetic_labels):
 
 
 def test_splits_are_deterministic_and_seed_dependent(synthetic_labels):
-    a, b = build(SMOKE, synthetic_labels, seed=5), build(SMOKE, synthetic_labels, seed=5)
+    a, b = (
+        build(SMOKE, synthetic_labels, seed=5),
+        build(SMOKE, synthetic_labels, seed=5),
+    )
     assert a.fingerprint == b.fingerprint
     for name in a.splits:
         assert np.array_equal(a[name].background_index, b[name].background_index)
@@ -116,7 +119,9 @@ def test_color_variant_foreground_is_unrelated_to_label(synthetic_labels):
 
 @pytest.mark.parametrize("k", [0, -1, 5001])
 def test_class_size_out_of_range_is_a_one_line_error(synthetic_labels, k):
-    with pytest.raises(BenchmarkError, match=r"class size .* between 1 and 5000") as info:
+    with pytest.raises(
+        BenchmarkError, match=r"class size .* between 1 and 5000"
+    ) as info:
         build(STANDARD, synthetic_labels, k=k)
     assert "\n" not in str(info.value)
 

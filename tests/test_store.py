@@ -199,7 +199,8 @@ def test_claim_whose_pid_now_belongs_to_another_process_is_taken_over(tmp_path):
     key = make_record().key
     with ResultStore(tmp_path / "r.sqlite") as store:
         assert store.claim(key, new_owner())
-        assert not store.claim(key, f"{host}:{pid}:other:{'0' * 32}")  # a live owner holds it
+        # a live owner holds it, whatever another claimant says of that pid
+        assert not store.claim(key, f"{host}:{pid}:other:{'0' * 32}")
     with ResultStore(tmp_path / "s.sqlite") as store:
         assert store.claim(key, f"{host}:{pid}:deadbeef-1:{'0' * 32}")
         assert store.claim(key, new_owner())

@@ -55,8 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: ood-bench run --method masker --protocol quick",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"ood-bench {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineErrorParser)
+    parser.add_argument(
+        "--version", action="version", version=f"ood-bench {__version__}"
+    )
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=OneLineErrorParser
+    )
     for name in COMMANDS:
         module = importlib.import_module(f"benchmark.cli.{name}")
         cmd = sub.add_parser(
@@ -92,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         err_console.print(f"ood-bench {args.command}: error: {exc}", markup=False)
         return exc.exit_status
     except KeyboardInterrupt:
-        err_console.print("ood-bench: interrupted; finished results are kept.", markup=False)
+        err_console.print(
+            "ood-bench: interrupted; finished results are kept.", markup=False
+        )
         return 130
 
 

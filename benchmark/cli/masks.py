@@ -26,13 +26,21 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--method", default="masker", help="a method whose model has .mask(x)")
+    parser.add_argument(
+        "--method", default="masker", help="a method whose model has .mask(x)"
+    )
     parser.add_argument("--param", action="append", default=[], metavar="KEY=V1,V2")
-    parser.add_argument("--protocol", default="quick", help="protocol name (default: quick)")
-    parser.add_argument("--variant", default="black", help="foreground variant (default: black)")
+    parser.add_argument(
+        "--protocol", default="quick", help="protocol name (default: quick)"
+    )
+    parser.add_argument(
+        "--variant", default="black", help="foreground variant (default: black)"
+    )
     parser.add_argument("--class-sizes", action="append", metavar="K[,K...]")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--images", type=int, default=8, metavar="N", help="OOD images per row")
+    parser.add_argument(
+        "--images", type=int, default=8, metavar="N", help="OOD images per row"
+    )
     parser.add_argument("--out", default="masks.png", metavar="FILE.png")
     parser.add_argument("--device", default=None)
     add_data_root(parser)
@@ -53,7 +61,9 @@ def run(args: argparse.Namespace) -> int:
     get_variant(args.variant)
     if not 1 <= args.images <= 32:
         raise BenchmarkError("--images must be between 1 and 32")
-    class_sizes = parse_int_list(args.class_sizes, "--class-sizes") or list(protocol.class_sizes)
+    class_sizes = parse_int_list(args.class_sizes, "--class-sizes") or list(
+        protocol.class_sizes
+    )
     device = args.device or default_device()
     ws = Workspace.load(
         resolve_data_root(args.data_root),
@@ -64,19 +74,37 @@ def run(args: argparse.Namespace) -> int:
     method = ws.registry.get(args.method)
     grid = ws.registry.parse_params(method, args.param)
     if not hasattr(method.build_model(grid[0]), "mask"):
-        raise BenchmarkError(f"method {method.name!r} has no mask to draw; try --method masker")
+        raise BenchmarkError(
+            f"method {method.name!r} has no mask to draw; try --method masker"
+        )
 
     models_dir = resolve_cache_dir() / "models"
     panels, table = [], Table(title="Mask precision on ood_test")
-    for column in ("params", "class size", "ID", "OOD", "mask mass on digit", "digit pixels",
-                   "mean mask: digit", "background"):
+    for column in (
+        "params",
+        "class size",
+        "ID",
+        "OOD",
+        "mask mass on digit",
+        "digit pixels",
+        "mean mask: digit",
+        "background",
+    ):
         table.add_column(column)
     for params in grid:
         for k in class_sizes:
             cell = ws.splits(protocol, args.variant, k, args.seed)
             tensors = engine.cell_tensors(cell, ws.bank)
-            model = _trained(method, params, cell, tensors, protocol, args.seed, models_dir,
-                             canonical_params(params))
+            model = _trained(
+                method,
+                params,
+                cell,
+                tensors,
+                protocol,
+                args.seed,
+                models_dir,
+                canonical_params(params),
+            )
             ood = tensors["ood_test"]
             rows = torch.arange(min(len(ood), 1000), device=ws.device)
             with torch.no_grad():
@@ -86,9 +114,12 @@ def run(args: argparse.Namespace) -> int:
             alpha = ood.digits[ood.digit_index[rows]].float() / 255
             stats = mask_precision(masks, alpha)
             label = " ".join(f"{key}={value}" for key, value in params.items())
-            panels.append((f"{label}\nk={k}", images[: args.images], masks[: args.images]))
+            panels.append(
+                (f"{label}\nk={k}", images[: args.images], masks[: args.images])
+            )
             table.add_row(
-                label, str(k),
+                label,
+                str(k),
                 f"{100 * engine.evaluate(model, tensors['id_test']):.1f}",
                 f"{100 * engine.evaluate(model, ood):.1f}",
                 f"{100 * stats['digit_mass_share']:.1f}%",
@@ -109,13 +140,19 @@ def _trained(method, params, cell, tensors, protocol, seed, models_dir, params_j
 
     from benchmark import engine
 
-    key = hashlib.sha256(f"{cell.fingerprint}|{method.name}|{params_json}".encode()).hexdigest()
+    key = hashlib.sha256(
+        f"{cell.fingerprint}|{method.name}|{params_json}".encode()
+    ).hexdigest()
     path = models_dir / f"{key[:24]}.pt"
     model = engine.build_model(method, params, seed, tensors["train"].label.device)
     if path.exists():
-        model.load_state_dict(torch.load(path, map_location=tensors["train"].label.device))
+        model.load_state_dict(
+            torch.load(path, map_location=tensors["train"].label.device)
+        )
         return model
-    console.print(f"training {method.name} {params_json} at class size {cell.class_size}")
+    console.print(
+        f"training {method.name} {params_json} at class size {cell.class_size}"
+    )
     outcome = engine.train(method, params, tensors["train"], protocol.budget, seed)
     models_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

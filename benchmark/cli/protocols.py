@@ -33,7 +33,15 @@ def run(args: argparse.Namespace) -> int:
 
     if args.name is None:
         table = Table(title="Protocols")
-        for column in ("name", "version", "class sizes", "variants", "seeds", "budget", "about"):
+        for column in (
+            "name",
+            "version",
+            "class sizes",
+            "variants",
+            "seeds",
+            "budget",
+            "about",
+        ):
             table.add_column(column)
         for p in PROTOCOLS.values():
             b = p.budget
@@ -61,18 +69,29 @@ def run(args: argparse.Namespace) -> int:
         if key not in ("name", "version", "description"):
             console.print(f"  {key}: {value}")
 
-
     workspace = _workspace(args)
     table = Table(title=f"Split fingerprints of {protocol.key}")
-    for column in ("variant", "class size", "seed", "train", "id_val", "id_test", "fingerprint"):
+    for column in (
+        "variant",
+        "class size",
+        "seed",
+        "train",
+        "id_val",
+        "id_test",
+        "fingerprint",
+    ):
         table.add_column(column)
     for v in variants:
         for k in protocol.class_sizes:
             for seed in protocol.seeds:
                 cell = workspace.splits(protocol, v, k, seed)
                 table.add_row(
-                    v, str(k), str(seed),
-                    str(len(cell["train"])), str(len(cell["id_val"])), str(len(cell["id_test"])),
+                    v,
+                    str(k),
+                    str(seed),
+                    str(len(cell["train"])),
+                    str(len(cell["id_val"])),
+                    str(len(cell["id_test"])),
                     cell.fingerprint,
                 )
     console.print(table)

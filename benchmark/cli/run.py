@@ -60,20 +60,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=V1,V2",
         help="run these parameter values instead of the standard sweep (repeatable)",
     )
-    parser.add_argument("--protocol", default="standard", help="protocol name (default: standard)")
     parser.add_argument(
-        "--variant", action="append", metavar="NAME", help="foreground variant (repeatable)"
+        "--protocol", default="standard", help="protocol name (default: standard)"
     )
-    parser.add_argument("--class-sizes", action="append", metavar="K[,K...]", help="class sizes")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        metavar="NAME",
+        help="foreground variant (repeatable)",
+    )
+    parser.add_argument(
+        "--class-sizes", action="append", metavar="K[,K...]", help="class sizes"
+    )
     parser.add_argument("--seeds", action="append", metavar="S[,S...]", help="seeds")
     parser.add_argument(
         "--results",
         metavar="PATH",
         help="results database (default: $OOD_BENCH_RESULTS, else results/ood-bench.sqlite)",
     )
-    parser.add_argument("--force", action="store_true", help="recompute cells already stored")
     parser.add_argument(
-        "--device", default=None, help="torch device (default: cuda when available, else cpu)"
+        "--force", action="store_true", help="recompute cells already stored"
+    )
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="torch device (default: cuda when available, else cpu)",
     )
     parser.add_argument(
         "--jobs",
@@ -125,7 +136,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     noise.add_argument(
         "-q", "--quiet", action="store_true", help="no progress bars or per-cell lines"
     )
-    noise.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+    noise.add_argument(
+        "-v", "--verbose", action="store_true", help="log debugging detail"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -178,7 +191,9 @@ def run(args: argparse.Namespace) -> int:
             seeds,
             done_keys=set() if args.force else store.done_keys(),
             device=device,
-            executor=args.executor if args.executor != "local" or args.jobs == 1 else "process",
+            executor=args.executor
+            if args.executor != "local" or args.jobs == 1
+            else "process",
             disabled_plugins=tuple(args.disable),
             outside_plugins=not args.no_outside_plugins,
         )
@@ -245,14 +260,16 @@ def _configurations(registry, method_names: list[str], overrides: list[str]):
     unknown = keys - declared
     if unknown and len(methods) > 1:
         raise BenchmarkError(
-            f"no chosen method has a parameter {sorted(unknown)[0]!r}; "
+            f"no chosen method has a parameter {min(unknown)!r}; "
             f"see `ood-bench methods` for each method's parameters"
         )
     configurations = []
     for method in methods:
         own = [
-            o for o in overrides
-            if len(methods) == 1 or o.split("=", 1)[0].strip() in {p.name for p in method.params}
+            o
+            for o in overrides
+            if len(methods) == 1
+            or o.split("=", 1)[0].strip() in {p.name for p in method.params}
         ]
         configurations.append((method.name, registry.parse_params(method, own)))
     return configurations
@@ -279,13 +296,31 @@ def _execute(plan, store, workspace, args) -> list:
         overall = progress.add_task("cells", total=len(todo))
         current = progress.add_task("", total=1, visible=False)
 
+        running: dict[tuple, str] = {}
+
+        def show_running():
+            # One cell in this process shows its steps; worker processes report
+            # only when a cell ends, so list what is running instead.
+            if len(running) == 1:
+                description = f"  {next(iter(running.values()))}"
+            else:
+                description = f"  {len(running)} running: " + "; ".join(
+                    running.values()
+                )
+            progress.update(current, description=description, visible=bool(running))
+
         def on_start(task):
-            progress.reset(current, description=f"  {task.label()}", total=1, visible=True)
+            running[task.key] = task.label()
+            if len(running) == 1:
+                progress.reset(current, total=1)
+            show_running()
 
         def on_step(done, total):
             progress.update(current, completed=done, total=total)
 
         def on_done(task, record):
+            running.pop(task.key, None)
+            show_running()
             progress.advance(overall)
             progress.console.print(_cell_line(task, record))
 
@@ -293,10 +328,18 @@ def _execute(plan, store, workspace, args) -> list:
             progress.advance(overall)
             progress.console.print(f"[dim]skipped {task.label()}: {why}[/]")
 
-        for record in runner.run_sweep(
-            plan, store, executor, on_start, on_step, on_done, on_skip, force=args.force
-        ):
-            records.append(record)
+        records.extend(
+            runner.run_sweep(
+                plan,
+                store,
+                executor,
+                on_start,
+                on_step,
+                on_done,
+                on_skip,
+                force=args.force,
+            )
+        )
         progress.update(current, visible=False)
     return records
 
@@ -350,7 +393,9 @@ def _print_leaderboard(store, protocol, plan) -> None:
     frame = store.frame(protocol.name)
     if frame.empty:
         return
-    mask = [k in keys for k in zip(frame["fingerprint"], frame["method"], frame["params"])]
+    mask = [
+        k in keys for k in zip(frame["fingerprint"], frame["method"], frame["params"])
+    ]
     frame = frame[mask]
     if frame.empty:
         return

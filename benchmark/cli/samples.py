@@ -20,16 +20,30 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--protocol", default="standard", help="protocol name (default: standard)")
-    parser.add_argument("--variant", default="black", help="foreground variant (default: black)")
     parser.add_argument(
-        "--class-size", type=int, default=4, metavar="K", help="backgrounds per class (default: 4)"
+        "--protocol", default="standard", help="protocol name (default: standard)"
+    )
+    parser.add_argument(
+        "--variant", default="black", help="foreground variant (default: black)"
+    )
+    parser.add_argument(
+        "--class-size",
+        type=int,
+        default=4,
+        metavar="K",
+        help="backgrounds per class (default: 4)",
     )
     parser.add_argument("--seed", type=int, default=0, help="split seed (default: 0)")
     parser.add_argument(
-        "--per-class", type=int, default=1, metavar="N", help="examples per class (default: 1)"
+        "--per-class",
+        type=int,
+        default=1,
+        metavar="N",
+        help="examples per class (default: 1)",
     )
-    parser.add_argument("--out", default="samples.png", metavar="FILE.png", help="where to write")
+    parser.add_argument(
+        "--out", default="samples.png", metavar="FILE.png", help="where to write"
+    )
     add_data_root(parser)
 
 
