@@ -187,3 +187,26 @@ def test_missing_data_root_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "OOD_BENCH_DATA" in err
+
+
+def test_leaderboard_leaves_out_rows_whose_split_fingerprint_the_data_do_not_give(
+    tmp_path, data_root, real_workspace, capsys
+):
+    import sqlite3
+
+    path = tmp_path / "results.sqlite"
+    with ResultStore(path) as store:
+        list(run_sweep(plan(real_workspace), store, LocalExecutor(real_workspace)))
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "UPDATE cells SET fingerprint = 'not-these-data' WHERE class_size = 8"
+        )
+    capsys.readouterr()
+
+    argv = ["leaderboard", "--results", str(path), "--data-root", str(data_root)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    stale = [line for line in out.splitlines() if line.startswith("left out as stale")]
+    assert (
+        len(stale) == 1 and "baseline: 1 row" in stale[0] and "fingerprint" in stale[0]
+    )

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from rich.console import Console
-
+from benchmark.cli.common import add_data_root, console
 from benchmark.cli.results import add_results_path
 from benchmark.protocol import get_protocol
 
@@ -21,8 +20,9 @@ EPILOG = """examples:
 One table per variant: OOD accuracy at each class size (mean ± std over
 seeds), mean OOD, ID, gap, conflict accuracy, and the paired difference from
 the baseline with its 95% confidence interval (* when p < 0.05). Results of
-an older protocol version are left out and reported as stale; failed cells
-are listed. With --out, README.md, one PNG per variant and results.csv are
+an older protocol version, or whose split fingerprint differs from the one
+the data give (checked when the data are found), are left out and reported
+as stale; failed cells are listed. With --out, README.md, one PNG per variant and results.csv are
 written to DIR.
 """
 
@@ -45,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="baseline",
         help="the method the others are tested against (default: baseline)",
     )
+    add_data_root(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,12 +56,52 @@ def run(args: argparse.Namespace) -> int:
     with ResultStore(args.results or default_results_path(), create=False) as store:
         df = store.frame(protocol=protocol.name if protocol else None)
 
-    console = Console(highlight=False)
+    expected = _expected_fingerprints(df, protocol, args) if not df.empty else None
     if args.out:
-        lb = publish(df, protocol, args.out, baseline=args.baseline)
+        lb = publish(
+            df,
+            protocol,
+            args.out,
+            baseline=args.baseline,
+            expected_fingerprints=expected,
+        )
     else:
-        lb = aggregate(df, protocol, baseline=args.baseline)
+        lb = aggregate(
+            df, protocol, baseline=args.baseline, expected_fingerprints=expected
+        )
     render_rich(lb, console)
     if args.out:
         console.print(f"published to {args.out}/README.md", markup=False)
     return 0
+
+
+def _expected_fingerprints(df, protocol, args) -> dict | None:
+    """The split fingerprint the data give for each (variant, class size, seed)
+    in the results, or None (with a note) when the data cannot be loaded."""
+    from benchmark.errors import BenchmarkError
+    from benchmark.protocol import PROTOCOLS
+    from benchmark.runner import Workspace
+    from benchmark.sources import resolve_data_root
+
+    names = set(df["protocol"])
+    if protocol is None and len(names) != 1:
+        return None  # aggregate() asks the user to choose a protocol
+    protocol = protocol or PROTOCOLS.get(names.pop())
+    if protocol is None:
+        return None
+    try:
+        ws = Workspace.load(
+            resolve_data_root(args.data_root), outside_plugins=False, download=False
+        )
+    except BenchmarkError as exc:
+        console.print(f"[dim]split fingerprints not checked: {exc}[/]")
+        return None
+    cells = df[["variant", "class_size", "seed"]].drop_duplicates()
+    expected = {}
+    for variant, k, seed in cells.itertuples(index=False):
+        try:
+            cell = ws.splits(protocol, variant, int(k), int(seed))
+        except BenchmarkError:
+            continue  # a variant or class size these data cannot make: stale
+        expected[(variant, int(k), int(seed))] = cell.fingerprint
+    return expected
