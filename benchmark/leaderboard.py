@@ -448,10 +448,19 @@ def legend(lb: Leaderboard) -> list[str]:
     ]
 
 
-def to_markdown(lb: Leaderboard, figures: dict[str, str | Path] | None = None) -> str:
-    """The leaderboard as a Markdown page: one table per variant, then the legend."""
+def to_markdown(
+    lb: Leaderboard,
+    figures: dict[str, str | Path] | None = None,
+    notes: str | None = None,
+) -> str:
+    """The leaderboard as a Markdown page: one table per variant, then the legend.
+
+    ``notes`` (Markdown: how the results were produced) go under the title.
+    """
     figures = figures or {}
     lines = [f"# Leaderboard: {lb.protocol.key}", "", lb.protocol.description, ""]
+    if notes:
+        lines += [notes.strip(), ""]
     for variant in lb.tables:
         lines += [f"## {_variant_title(variant)}", ""]
         if variant in figures:
@@ -675,6 +684,7 @@ def publish(
     out_dir: str | Path,
     baseline: str = "baseline",
     expected_fingerprints: dict[tuple[str, int, int], str] | None = None,
+    notes: str | None = None,
 ) -> Leaderboard:
     """Write ``README.md``, one PNG per variant and ``results.csv`` into ``out_dir``.
 
@@ -686,7 +696,7 @@ def publish(
     lb = aggregate(df, protocol, baseline, expected_fingerprints)
     figures = plot(lb, out_dir)
     relative = {variant: path.name for variant, path in figures.items()}
-    markdown = to_markdown(lb, relative)
+    markdown = to_markdown(lb, relative, notes)
     grids = heatmaps(lb, out_dir)
     if grids:
         markdown += "\n## Parameter grids\n\n"

@@ -356,3 +356,29 @@ def test_two_parameter_sweeps_get_heatmaps(tmp_path):
 
     assert list(heatmaps(lb, tmp_path / "k1", class_size=1)) == [("noise", "black")]
     assert (tmp_path / "k1" / "noise-black-k1.png").exists()
+
+
+def test_published_page_carries_notes_under_the_title(tmp_path, capsys):
+    path = tmp_path / "r.sqlite"
+    with ResultStore(path) as store:
+        row = cell("baseline", "{}", 2, 0, 0.3, protocol="smoke", protocol_version=1)
+        store.put(CellRecord(**row))
+    notes = tmp_path / "notes.md"
+    notes.write_text("Produced by `ood-bench run` on a 2-core machine in 25 min.\n")
+    out = tmp_path / "board"
+    argv = [
+        "leaderboard",
+        "--results",
+        str(path),
+        "--out",
+        str(out),
+        "--notes",
+        str(notes),
+    ]
+    assert main([*argv, "--data-root", str(tmp_path / "no-data")]) == 0
+    page = (out / "README.md").read_text().splitlines()
+    assert page[0] == "# Leaderboard: smoke@v1"
+    assert "Produced by `ood-bench run` on a 2-core machine in 25 min." in page[:6]
+
+    assert main([*argv[:-1], str(tmp_path / "missing.md")]) == 2
+    assert "cannot read --notes" in capsys.readouterr().err

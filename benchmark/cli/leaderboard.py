@@ -45,6 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="baseline",
         help="the method the others are tested against (default: baseline)",
     )
+    parser.add_argument(
+        "--notes",
+        metavar="FILE.md",
+        help="with --out: Markdown put under the title (commands, machine, wall time)",
+    )
     add_data_root(parser)
 
 
@@ -58,12 +63,14 @@ def run(args: argparse.Namespace) -> int:
 
     expected = _expected_fingerprints(df, protocol, args) if not df.empty else None
     if args.out:
+        notes = _read_notes(args.notes) if args.notes else None
         lb = publish(
             df,
             protocol,
             args.out,
             baseline=args.baseline,
             expected_fingerprints=expected,
+            notes=notes,
         )
     else:
         lb = aggregate(
@@ -73,6 +80,15 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         console.print(f"published to {args.out}/README.md", markup=False)
     return 0
+
+
+def _read_notes(path: str) -> str:
+    from benchmark.errors import BenchmarkError
+
+    try:
+        return open(path, encoding="utf-8").read()
+    except OSError as exc:
+        raise BenchmarkError(f"cannot read --notes {path}: {exc.strerror}") from None
 
 
 def _expected_fingerprints(df, protocol, args) -> dict | None:
