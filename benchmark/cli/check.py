@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from rich.console import Console
 from rich.markup import escape
 
-from benchmark.cli.common import add_plugin_switches
+from benchmark.cli.common import add_plugin_switches, console
 from benchmark.errors import PluginError
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 NAME = "check"
 HELP = "Check that a method keeps the plugin contract, on a tiny synthetic split."
@@ -48,7 +51,6 @@ def run(args: argparse.Namespace) -> int:
     method = registry.get(args.method)
     configs = registry.parse_params(method, args.param)
     trained = configs if args.param else [method.defaults()]
-    console = Console(highlight=False)
     console.print(f"checking {method.name} ({registry.source(method.name)})")
 
     # Building every swept configuration is cheap and catches a model that

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from rich.console import Console
 from rich.table import Table
 
-from benchmark.cli.common import add_plugin_switches
+from benchmark.cli.common import add_plugin_switches, console
 from benchmark.method import Method, Param
 
 NAME = "methods"
@@ -40,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         table.add_row(
             name, method.description, _describe_params(method), registry.source(name)
         )
-    Console().print(table)
+    console.print(table)
     return 0
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rich.console import Console
 from rich.table import Table
+
+from benchmark.cli.common import console
 
 NAME = "results"
 HELP = "Summarise the stored results by method and status, or export them as CSV."
@@ -57,7 +58,6 @@ def run(args: argparse.Namespace) -> int:
             return 0
         df = store.frame(protocol=args.protocol)
 
-    console = Console(highlight=False)
     if df.empty:
         console.print(
             f"{path}: no results" + (f" of {args.protocol}" if args.protocol else "")
