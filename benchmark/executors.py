@@ -19,11 +19,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 
 import torch
 
-import benchmark
 from benchmark.errors import BenchmarkError
-from benchmark.protocol import get_protocol
-from benchmark.runner import CellTask, Workspace, git_commit, run_cell
-from benchmark.store import CellRecord, utc_now
+from benchmark.runner import CellTask, Workspace, failed_record, run_cell
+from benchmark.store import CellRecord
 
 log = logging.getLogger(__name__)
 
@@ -129,36 +127,11 @@ def _run_on_ray(task: CellTask, threads: int) -> CellRecord:
 
 def lost_cell_record(task: CellTask, error: str) -> CellRecord:
     """A 'failed' record for a cell that never came back from its worker."""
-    protocol = get_protocol(task.protocol)
-    now = utc_now()
-    return CellRecord(
-        protocol=protocol.name,
-        protocol_version=protocol.version,
-        fingerprint=task.fingerprint,
-        method=task.method,
-        params=task.params_json,
-        variant=task.variant,
-        class_size=task.class_size,
-        seed=task.seed,
-        status="failed",
-        error=error.splitlines()[0][:500] if error else "the worker was lost",
-        id_val_acc=None,
-        id_test_acc=None,
-        ood_test_acc=None,
-        conflict_test_acc=None,
-        train_loss=None,
-        num_params=None,
-        train_seconds=None,
-        wall_seconds=None,
-        images_per_second=None,
+    return failed_record(
+        task,
         device=task.device,
-        package_version=benchmark.__version__,
-        git_commit=git_commit(),
-        torch_version=torch.__version__,
         method_source="unknown",
-        executor=task.executor,
-        started_at=now,
-        finished_at=now,
+        error=error.splitlines()[0][:500] if error else "the worker was lost",
     )
 
 

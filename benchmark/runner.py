@@ -17,7 +17,6 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from benchmark import engine
 from benchmark.errors import BenchmarkError
 from benchmark.protocol import Protocol, get_protocol
 from benchmark.splits import EVAL_SPLITS, CellSplits, check_class_size, make_splits
-from benchmark.store import CellRecord, canonical_params, new_owner
+from benchmark.store import CellRecord, canonical_params, new_owner, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -202,11 +201,51 @@ def device_name(device: torch.device) -> str:
     )
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 # ---------------------------------------------------------------- one cell
+
+
+def failed_record(
+    task: CellTask,
+    *,
+    device: str,
+    method_source: str,
+    data_fingerprint: str | None = None,
+    error: str | None = None,
+    started_at: str | None = None,
+) -> CellRecord:
+    """A 'failed' record of a task with its provenance and no figures yet."""
+    protocol = get_protocol(task.protocol)
+    started_at = started_at or utc_now()
+    return CellRecord(
+        protocol=protocol.name,
+        protocol_version=protocol.version,
+        fingerprint=task.fingerprint,
+        method=task.method,
+        params=task.params_json,
+        variant=task.variant,
+        class_size=task.class_size,
+        seed=task.seed,
+        status="failed",
+        error=error,
+        id_val_acc=None,
+        id_test_acc=None,
+        ood_test_acc=None,
+        conflict_test_acc=None,
+        train_loss=None,
+        num_params=None,
+        train_seconds=None,
+        wall_seconds=None,
+        images_per_second=None,
+        device=device,
+        package_version=benchmark.__version__,
+        git_commit=git_commit(),
+        torch_version=torch.__version__,
+        data_fingerprint=data_fingerprint,
+        method_source=method_source,
+        executor=task.executor,
+        started_at=started_at,
+        finished_at=started_at,
+    )
 
 
 def run_cell(
@@ -219,36 +258,13 @@ def run_cell(
     protocol = get_protocol(task.protocol)
     method = ws.registry.get(task.method)
     params = task.params
-    started, wall_start = _now(), time.perf_counter()
-    record = CellRecord(
-        protocol=protocol.name,
-        protocol_version=protocol.version,
-        fingerprint=task.fingerprint,
-        method=task.method,
-        params=task.params_json,
-        variant=task.variant,
-        class_size=task.class_size,
-        seed=task.seed,
-        status="failed",
-        error=None,
-        id_val_acc=None,
-        id_test_acc=None,
-        ood_test_acc=None,
-        conflict_test_acc=None,
-        train_loss=None,
-        num_params=None,
-        train_seconds=None,
-        wall_seconds=None,
-        images_per_second=None,
+    started, wall_start = utc_now(), time.perf_counter()
+    record = failed_record(
+        task,
         device=device_name(ws.device),
-        package_version=benchmark.__version__,
-        git_commit=git_commit(),
-        torch_version=torch.__version__,
-        data_fingerprint=ws.bank.data_fingerprint,
         method_source=ws.registry.source(task.method),
-        executor=task.executor,
+        data_fingerprint=ws.bank.data_fingerprint,
         started_at=started,
-        finished_at=started,
     )
     try:
         cell = ws.splits(protocol, task.variant, task.class_size, task.seed)
@@ -282,7 +298,7 @@ def run_cell(
         log.debug("cell %s failed:\n%s", task.label(), traceback.format_exc())
         record.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
     record.wall_seconds = time.perf_counter() - wall_start
-    record.finished_at = _now()
+    record.finished_at = utc_now()
     return record
 
 
