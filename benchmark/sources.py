@@ -334,12 +334,7 @@ def _load_batches(root: Path) -> Backgrounds:
     cached = _read_cache("backgrounds", key)
     if cached is not None:
         arrays, fingerprint = cached
-        return Backgrounds(
-            torch.from_numpy(arrays["train"]),
-            torch.from_numpy(arrays["test"]),
-            source,
-            fingerprint,
-        )
+        return _as_backgrounds(arrays, source, fingerprint)
 
     start = time.perf_counter()
     arrays = {}
@@ -354,6 +349,10 @@ def _load_batches(root: Path) -> Backgrounds:
         "read CIFAR-10 batches from %s in %.2fs", batches, time.perf_counter() - start
     )
     _write_cache("backgrounds", key, arrays, fingerprint)
+    return _as_backgrounds(arrays, source, fingerprint)
+
+
+def _as_backgrounds(arrays: dict, source: str, fingerprint: str) -> Backgrounds:
     return Backgrounds(
         torch.from_numpy(arrays["train"]),
         torch.from_numpy(arrays["test"]),
@@ -400,12 +399,7 @@ def _load_image_folder(root: Path, folder: Path, progress: bool) -> Backgrounds:
     cached = _read_cache("backgrounds", key)
     if cached is not None:
         arrays, fingerprint = cached
-        return Backgrounds(
-            torch.from_numpy(arrays["train"]),
-            torch.from_numpy(arrays["test"]),
-            source,
-            fingerprint,
-        )
+        return _as_backgrounds(arrays, source, fingerprint)
 
     start = time.perf_counter()
     arrays = {}
@@ -426,12 +420,7 @@ def _load_image_folder(root: Path, folder: Path, progress: bool) -> Backgrounds:
         time.perf_counter() - start,
     )
     _write_cache("backgrounds", key, arrays, fingerprint)
-    return Backgrounds(
-        torch.from_numpy(arrays["train"]),
-        torch.from_numpy(arrays["test"]),
-        source,
-        fingerprint,
-    )
+    return _as_backgrounds(arrays, source, fingerprint)
 
 
 def _list_images(split_dir: Path) -> list[tuple[str, list[str]]]:
