@@ -266,5 +266,50 @@ def evaluate(
     return correct.item() / len(split)
 
 
+# A pixel counts as digit where the digit's intensity is above one half.
+DIGIT_THRESHOLD = 0.5
+
+
+@torch.no_grad()
+def mask_stats(
+    model: nn.Module, split: SplitTensors, batch_size: int = EVAL_BATCH_SIZE
+) -> dict[str, float] | None:
+    """Where a model's mask puts its mass on a split: None if it has no ``mask``.
+
+    Compositing knows every digit pixel exactly, so this measures what the mask
+    attends to. ``mask_digit_mass_share`` is the share of all mask mass that
+    falls on digit pixels; ``digit_pixel_share`` is the share of pixels that are
+    digit, which is what a mask of all ones (or any uniform mask) scores.
+    Also the mean mask value on digit and on background pixels.
+    """
+    mask_of = getattr(model, "mask", None)
+    if not callable(mask_of):
+        return None
+    was_training = model.training
+    model.eval()
+    on_digit = total = digit_pixels = pixels = 0.0
+    rows_all = torch.arange(len(split), device=split.label.device)
+    for rows in rows_all.split(batch_size):
+        masks = mask_of(prepare_input(split.images(rows))).double()
+        alpha = split.digits.index_select(0, split.digit_index.index_select(0, rows))
+        digit = (alpha.double() / 255 > DIGIT_THRESHOLD).unsqueeze(1)
+        digit = digit.expand_as(masks)
+        on_digit += masks[digit].sum().item()
+        total += masks.sum().item()
+        digit_pixels += digit.sum().item()
+        pixels += digit.numel()
+    model.train(was_training)
+    background_pixels = pixels - digit_pixels
+    nan = float("nan")
+    return {
+        "mask_digit_mass_share": on_digit / total if total > 0 else nan,
+        "digit_pixel_share": digit_pixels / pixels,
+        "mask_mean_on_digit": on_digit / digit_pixels if digit_pixels else nan,
+        "mask_mean_on_background": (total - on_digit) / background_pixels
+        if background_pixels
+        else nan,
+    }
+
+
 def cell_tensors(cell: CellSplits, bank: ImageBank) -> dict[str, SplitTensors]:
     return {name: SplitTensors.of(split, bank) for name, split in cell.splits.items()}

@@ -85,28 +85,6 @@ def sample_grid(
     return path
 
 
-def mask_precision(
-    masks: torch.Tensor, alpha: torch.Tensor, threshold: float = 0.5
-) -> dict:
-    """How a mask splits its mass between digit and background pixels.
-
-    ``masks`` [N, 1, 32, 32] in [0, 1]; ``alpha`` [N, 32, 32] digit intensity in
-    [0, 1]. Returns the share of mask mass on digit pixels (alpha > threshold),
-    the share of pixels that are digit (what a uniform mask would score), and
-    the mean mask value on each kind of pixel.
-    """
-    digit = (alpha > threshold).float().unsqueeze(1)
-    mass = masks.sum()
-    return {
-        "digit_mass_share": float((masks * digit).sum() / mass)
-        if mass > 0
-        else float("nan"),
-        "digit_pixel_share": float(digit.mean()),
-        "mean_on_digit": float((masks * digit).sum() / digit.sum()),
-        "mean_on_background": float((masks * (1 - digit)).sum() / (1 - digit).sum()),
-    }
-
-
 def mask_gallery(
     panels: list[tuple[str, torch.Tensor, torch.Tensor]], path: Path, title: str
 ) -> Path:

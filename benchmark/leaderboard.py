@@ -561,8 +561,22 @@ def render_rich(lb: Leaderboard, console) -> None:
         console.print(f"left out as stale: {_stale_line(g)}", markup=False)
 
 
+def _has_curve(row, sizes) -> bool:
+    """True when a configuration has OOD results at two class sizes or more."""
+    return sum(not _missing(row[f"ood_{c}"]) for c in sizes) >= 2
+
+
+def _label(method: str, params: str) -> str:
+    shown = format_params(params)
+    return method if shown == "defaults" else f"{method} ({shown})"
+
+
 def plot(lb: Leaderboard, out_dir: str | Path) -> dict[str, Path]:
-    """One PNG per variant: OOD (solid) and ID (dashed) accuracy vs class size."""
+    """One PNG per variant: OOD (solid) and ID (dashed) accuracy vs class size.
+
+    Configurations run at a single class size (a parameter grid) have no curve
+    to draw; the heatmaps show them.
+    """
     import matplotlib
     from matplotlib.figure import Figure  # no pyplot: no global state, no display
 
@@ -574,7 +588,8 @@ def plot(lb: Leaderboard, out_dir: str | Path) -> dict[str, Path]:
     for variant, table in lb.tables.items():
         fig = Figure(figsize=(8, 4.5), layout="constrained")
         ax = fig.add_subplot()
-        for i, (_, row) in enumerate(table.iterrows()):
+        curves = table[[_has_curve(row, sizes) for _, row in table.iterrows()]]
+        for i, (_, row) in enumerate(curves.iterrows()):
             colour = colours[i % len(colours)]
             label = row["method"]
             if format_params(row["params"]) != "defaults":
@@ -600,11 +615,200 @@ def plot(lb: Leaderboard, out_dir: str | Path) -> dict[str, Path]:
         ax.set_ylabel("accuracy (%)")
         ax.set_title(f"{_variant_title(variant)}: OOD (solid) and ID (dashed)")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5))
+        if not curves.empty:
+            ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5))
         path = out_dir / f"{variant}.png"
         fig.savefig(path, dpi=120)
         written[variant] = path
     return written
+
+
+# -- per class size: conflict accuracy and mask precision -------------------
+
+MASK_METRICS = (
+    "mask_digit_mass_share",
+    "digit_pixel_share",
+    "mask_mean_on_digit",
+    "mask_mean_on_background",
+)
+
+
+def _ok_with_metrics(lb: Leaderboard) -> pd.DataFrame:
+    """The finished rows, with each key of the ``metrics`` JSON as a column."""
+    ok = lb.rows[lb.rows["status"] == "ok"].copy()
+    parsed = [json.loads(m) if isinstance(m, str) else {} for m in ok["metrics"]]
+    extra = pd.DataFrame(parsed, index=ok.index)
+    return pd.concat([ok, extra.drop(columns=ok.columns, errors="ignore")], axis=1)
+
+
+def per_class_size(lb: Leaderboard, variant: str, column: str) -> pd.DataFrame:
+    """Mean and std over seeds of ``column`` for every configuration (rows:
+    method, params) and class size (columns: ``<k>`` and ``<k>_std``), for
+    the configurations of ``variant`` that have it at two class sizes or more.
+    """
+    ok = _ok_with_metrics(lb)
+    if column not in ok.columns:
+        return pd.DataFrame()
+    ok = ok[(ok["variant"] == variant) & ok[column].notna()]
+    records = []
+    for (method, params), mine in ok.groupby(_CONFIG, sort=False):
+        if mine["class_size"].nunique() < 2:
+            continue
+        record = {"method": method, "params": params}
+        for c in lb.class_sizes:
+            record[str(c)], record[f"{c}_std"] = _mean_std(
+                mine.loc[mine["class_size"] == c, column]
+            )
+        records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+def _class_size_rows(lb: Leaderboard, table: pd.DataFrame) -> list[list[str]]:
+    return [
+        [
+            row["method"],
+            format_params(row["params"]),
+            *(_pct_pm(row[str(c)], row[f"{c}_std"]) for c in lb.class_sizes),
+        ]
+        for _, row in table.iterrows()
+    ]
+
+
+def _class_size_markdown(lb: Leaderboard, table: pd.DataFrame) -> str:
+    names = ["Method", "Params", *(f"@{c}" for c in lb.class_sizes)]
+    return tabulate(
+        _class_size_rows(lb, table),
+        headers=names,
+        tablefmt="github",
+        disable_numparse=True,
+        colalign=["left", "left", *("right" for _ in lb.class_sizes)],
+    )
+
+
+def plot_per_class_size(
+    lb: Leaderboard,
+    column: str,
+    path: str | Path,
+    ylabel: str,
+    reference: str | None = None,
+) -> Path | None:
+    """One panel per variant: ``column`` against class size, a line per
+    configuration; ``reference`` (another column) is drawn dashed, in grey, as
+    its mean over every configuration. None when there is nothing to draw."""
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    tables = {v: per_class_size(lb, v, column) for v in lb.protocol.variants}
+    tables = {v: t for v, t in tables.items() if not t.empty}
+    if not tables:
+        return None
+    colours = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    sizes = np.array(lb.class_sizes)
+    fig = Figure(figsize=(6 * len(tables) + 2, 4.2), layout="constrained")
+    axes = fig.subplots(1, len(tables), sharey=True, squeeze=False)[0]
+    for ax, (variant, table) in zip(axes, tables.items()):
+        for i, (_, row) in enumerate(table.iterrows()):
+            means = np.array([row[str(c)] for c in sizes], dtype=float)
+            stds = np.array([row[f"{c}_std"] for c in sizes], dtype=float)
+            present = ~np.isnan(means)
+            ax.errorbar(
+                sizes[present],
+                100 * means[present],
+                yerr=100 * np.nan_to_num(stds[present]),
+                color=colours[i % len(colours)],
+                marker="o",
+                markersize=3,
+                capsize=3,
+                label=_label(row["method"], row["params"]),
+            )
+        if reference is not None:
+            ref = per_class_size(lb, variant, reference)
+            if not ref.empty:
+                means = np.array([ref[str(c)].mean() for c in sizes], dtype=float)
+                present = ~np.isnan(means)
+                ax.plot(
+                    sizes[present],
+                    100 * means[present],
+                    color="grey",
+                    linestyle="--",
+                    label=reference.replace("_", " "),
+                )
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(c) for c in sizes])
+        ax.set_xlabel("class size (training backgrounds per digit class)")
+        ax.set_title(_variant_title(variant))
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel(ylabel)
+    axes[-1].legend(fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def shortcut_sections(lb: Leaderboard, out_dir: str | Path) -> str:
+    """Markdown (with figures written to ``out_dir``) for conflict accuracy and
+    mask precision per class size; empty when neither has two class sizes."""
+    out_dir = Path(out_dir)
+    lines: list[str] = []
+    conflict = {v: per_class_size(lb, v, "conflict_test_acc") for v in lb.tables}
+    if any(not t.empty for t in conflict.values()):
+        figure = plot_per_class_size(
+            lb, "conflict_test_acc", out_dir / "conflict.png", "conflict accuracy (%)"
+        )
+        lines += [
+            "## Shortcut reliance: conflict accuracy",
+            "",
+            (
+                "Accuracy on unseen digits drawn on backgrounds from another class's "
+                "training pool, so the background points to a wrong digit: near 0% "
+                "means the model reads the background, near ID accuracy means it "
+                "reads the digit. Mean ± std over seeds, in %."
+            ),
+            "",
+        ]
+        if figure:
+            lines += [f"![Conflict accuracy vs class size]({figure.name})", ""]
+        for variant, table in conflict.items():
+            if not table.empty:
+                lines += [f"### {_variant_title(variant)}", ""]
+                lines += [_class_size_markdown(lb, table), ""]
+
+    masks = {v: per_class_size(lb, v, "mask_digit_mass_share") for v in lb.tables}
+    if any(not t.empty for t in masks.values()):
+        figure = plot_per_class_size(
+            lb,
+            "mask_digit_mass_share",
+            out_dir / "mask-precision.png",
+            "mask mass on digit pixels (%)",
+            reference="digit_pixel_share",
+        )
+        lines += [
+            "## Mask precision",
+            "",
+            (
+                "Share of the mask's total mass that falls on digit pixels (digit "
+                "intensity above one half) over the whole ood_test split; compositing "
+                "knows those pixels exactly. A mask of all ones scores the share of "
+                "pixels that are digit, given in the row `digit pixels`. Mean ± std "
+                "over seeds, in %."
+            ),
+            "",
+        ]
+        if figure:
+            lines += [f"![Mask precision vs class size]({figure.name})", ""]
+        for variant, table in masks.items():
+            if table.empty:
+                continue
+            share = per_class_size(lb, variant, "digit_pixel_share")
+            reference = {"method": "digit pixels", "params": "{}"}
+            for c in lb.class_sizes:
+                reference[str(c)] = share[str(c)].mean()
+                reference[f"{c}_std"] = math.nan
+            table = pd.concat([table, pd.DataFrame([reference])], ignore_index=True)
+            lines += [f"### {_variant_title(variant)}", ""]
+            lines += [_class_size_markdown(lb, table), ""]
+    return "\n".join(lines)
 
 
 def heatmaps(
@@ -686,7 +890,8 @@ def publish(
     expected_fingerprints: dict[tuple[str, int, int], str] | None = None,
     notes: str | None = None,
 ) -> Leaderboard:
-    """Write ``README.md``, one PNG per variant and ``results.csv`` into ``out_dir``.
+    """Write ``README.md``, one PNG per variant, conflict-accuracy and
+    mask-precision figures, noise heatmaps and ``results.csv`` into ``out_dir``.
 
     ``results.csv`` holds the raw per-seed rows the leaderboard was made from
     (failed and diverged ones included, stale ones not).
@@ -697,6 +902,9 @@ def publish(
     figures = plot(lb, out_dir)
     relative = {variant: path.name for variant, path in figures.items()}
     markdown = to_markdown(lb, relative, notes)
+    extra = shortcut_sections(lb, out_dir)
+    if extra:
+        markdown += "\n" + extra
     grids = heatmaps(lb, out_dir)
     if grids:
         markdown += "\n## Parameter grids\n\n"

@@ -8,6 +8,7 @@ same code runs in-process, in a process pool or on a cluster.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -293,6 +294,10 @@ def run_cell(
                     f"{split}_acc",
                     engine.evaluate(outcome.model, tensors[split]),
                 )
+            stats = engine.mask_stats(outcome.model, tensors["ood_test"])
+            if stats is not None:
+                record.metrics = json.dumps(stats, sort_keys=True)
+                save_model(outcome.model, model_path(task.key))
             record.status = "ok"
     except Exception as exc:  # noqa: BLE001 - a plugin's bug must not end the sweep
         log.debug("cell %s failed:\n%s", task.label(), traceback.format_exc())
@@ -300,6 +305,28 @@ def run_cell(
     record.wall_seconds = time.perf_counter() - wall_start
     record.finished_at = utc_now()
     return record
+
+
+def model_path(key: tuple[str, str, str]) -> Path:
+    """Where the trained model of cell ``key`` (fingerprint, method, params) is
+    kept: in the cache folder, so `ood-bench masks` draws it without retraining."""
+    from benchmark.sources import resolve_cache_dir
+
+    digest = hashlib.sha256("|".join(key).encode()).hexdigest()
+    return resolve_cache_dir() / "models" / f"{digest[:24]}.pt"
+
+
+def save_model(model: torch.nn.Module, path: Path) -> None:
+    """Write a model's weights atomically; a failure is logged, never fatal,
+    since the cell's result does not depend on it."""
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), tmp)
+        tmp.replace(path)
+    except OSError as exc:
+        log.warning("could not keep the trained model at %s: %s", path, exc)
+        tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- planning

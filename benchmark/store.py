@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STATUSES = ("ok", "failed", "diverged")
 DONE_STATUSES = ("ok", "diverged")  # failed cells are retried by the next run
 
@@ -100,6 +100,10 @@ CREATE TABLE IF NOT EXISTS meta (
     value TEXT NOT NULL
 );
 """
+
+# Version 3 adds `metrics`: a JSON object of further per-cell measurements
+# (mask precision, for models that have a mask), NULL where there are none.
+_V3_NEW_COLUMNS = ("ALTER TABLE cells ADD COLUMN metrics TEXT",)
 
 
 def canonical_params(params: dict) -> str:
@@ -177,6 +181,12 @@ class CellRecord:
     finished_at: str
     executor: str = "local"
     data_fingerprint: str | None = None
+    metrics: str | None = None  # JSON object of further measurements, or None
+
+    @property
+    def metric_values(self) -> dict:
+        """The further measurements as a dict (empty when there are none)."""
+        return json.loads(self.metrics) if self.metrics else {}
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -337,7 +347,7 @@ class ResultStore:
             version = self._conn.execute("PRAGMA user_version").fetchone()[0]
             if version == SCHEMA_VERSION:
                 return
-            event = "migrated_from_1_at"
+            event = f"migrated_from_{version}_at"
             if version == 0:
                 for statement in _split_sql(SCHEMA_V1_DDL):
                     self._conn.execute(statement)
@@ -348,6 +358,10 @@ class ResultStore:
                 for statement in _V2_NEW_COLUMNS:
                     self._conn.execute(statement)
                 for statement in _split_sql(_V2_NEW_TABLES):
+                    self._conn.execute(statement)
+                version = 2
+            if version == 2:
+                for statement in _V3_NEW_COLUMNS:
                     self._conn.execute(statement)
             self._conn.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",

@@ -382,3 +382,37 @@ def test_published_page_carries_notes_under_the_title(tmp_path, capsys):
 
     assert main([*argv[:-1], str(tmp_path / "missing.md")]) == 2
     assert "cannot read --notes" in capsys.readouterr().err
+
+
+def test_conflict_accuracy_and_mask_precision_per_class_size(tmp_path):
+    # masker rows carry mask metrics; conflict accuracy varies with class size
+    share = {(1, 0): 0.20, (1, 1): 0.30, (1, 2): 0.40, (4, 0): 0.5, (4, 1): 0.7}
+    rows = []
+    for (class_size, seed), digit_mass in share.items():
+        metrics = canonical_params(
+            {"mask_digit_mass_share": digit_mass, "digit_pixel_share": 0.19}
+        )
+        rows.append(
+            cell("masker", MASKER, class_size, seed, 0.5, metrics=metrics)
+            | {"conflict_test_acc": 0.1 * class_size + 0.01 * seed}
+        )
+    for class_size in (1, 4):
+        for seed in (0, 1, 2):
+            rows.append(cell("baseline", "{}", class_size, seed, 0.4))
+    out = tmp_path / "published"
+    publish(pd.DataFrame(rows), TINY, out)
+    readme = (out / "README.md").read_text()
+    assert (out / "conflict.png").stat().st_size > 1000
+    assert (out / "mask-precision.png").stat().st_size > 1000
+
+    mask_section = readme.split("## Mask precision")[1]
+    # mean ± sample std of (0.2, 0.3, 0.4) and of (0.5, 0.7), in %
+    assert "| masker | c=0.5 | 30.0 ± 10.0 | 60.0 ± 14.1 |" in " ".join(
+        mask_section.split()
+    )
+    assert "digit pixels" in mask_section and "19.0" in mask_section
+    conflict = readme.split("## Shortcut reliance")[1].split("## Mask precision")[0]
+    # masker conflict: seeds 0,1,2 at class size 1 -> 10, 11, 12 %; 4 -> 40, 41 %
+    squeezed = " ".join(conflict.split())
+    assert "| masker | c=0.5 | 11.0 ± 1.0 | 40.5 ± 0.7 |" in squeezed
+    assert "| baseline | defaults | 10.0 ± 0.0 | 10.0 ± 0.0 |" in squeezed

@@ -3,6 +3,8 @@ running, storing, resuming, and the command line's errors."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from benchmark import engine
@@ -73,6 +75,35 @@ def test_end_to_end_run_stores_every_cell_and_prints_a_leaderboard(
     ):
         assert frame[column].notna().all(), column
     assert (frame["num_params"] > 0).all() and (frame["images_per_second"] > 0).all()
+
+    # a model with a mask gets its mask precision stored, and is kept for `masks`
+    masker = frame[frame["method"] == "masker"]
+    assert frame.loc[frame["method"] == "baseline", "metrics"].isna().all()
+    stats = [json.loads(m) for m in masker["metrics"]]
+    for s in stats:
+        assert 0.0 <= s["mask_digit_mass_share"] <= 1.0
+        assert 0.0 < s["digit_pixel_share"] < 0.5
+    gallery = tmp_path / "masks.png"
+    status = main(
+        [
+            "masks",
+            "--protocol",
+            "smoke",
+            "--param",
+            "c=-1",
+            "--class-sizes",
+            "2,8",
+            "--out",
+            str(gallery),
+            "--data-root",
+            str(data_root),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert status == 0 and gallery.stat().st_size > 0
+    assert "training" not in out  # both models came from the run
+    for s in stats:  # and they are the very models the run measured
+        assert f"{100 * s['mask_digit_mass_share']:.1f}%" in out
 
 
 def test_rerun_completes_only_missing_cells(tmp_path, real_workspace):

@@ -18,6 +18,8 @@ import pytest
 
 from benchmark.errors import StoreError
 from benchmark.store import (
+    _V2_NEW_COLUMNS,
+    _V2_NEW_TABLES,
     SCHEMA_V1_DDL,
     SCHEMA_VERSION,
     CellRecord,
@@ -328,7 +330,9 @@ def test_schema_1_file_is_migrated_in_place_without_loss(tmp_path):
     path = tmp_path / "old.sqlite"
     old = [make_record(), make_record(fingerprint="fp-2", status="failed", error="x")]
     v1_columns = [
-        c for c in asdict(old[0]) if c not in ("executor", "data_fingerprint")
+        c
+        for c in asdict(old[0])
+        if c not in ("executor", "data_fingerprint", "metrics")
     ]
     conn = sqlite3.connect(path)
     conn.executescript(SCHEMA_V1_DDL)
@@ -355,3 +359,32 @@ def test_schema_1_file_is_migrated_in_place_without_loss(tmp_path):
     conn.close()
     with ResultStore(path) as again:  # opening a current file changes nothing
         assert records_of(again.frame()) == expected
+
+
+def test_schema_2_file_gains_an_empty_metrics_column(tmp_path):
+    path = tmp_path / "v2.sqlite"
+    old = make_record(executor="ray", data_fingerprint="d" * 16)
+    v2_columns = [c for c in asdict(old) if c != "metrics"]
+    conn = sqlite3.connect(path)
+    conn.executescript(SCHEMA_V1_DDL)
+    for statement in _V2_NEW_COLUMNS:
+        conn.execute(statement)
+    conn.executescript(_V2_NEW_TABLES + "PRAGMA user_version = 2;")
+    conn.execute(
+        f"INSERT INTO cells ({', '.join(v2_columns)}) "
+        f"VALUES ({', '.join('?' for _ in v2_columns)})",
+        [asdict(old)[c] for c in v2_columns],
+    )
+    conn.commit()
+    conn.close()
+
+    with ResultStore(path) as store:
+        assert records_of(store.frame()) == [old]
+        measured = make_record(fingerprint="fp-3", metrics='{"x":0.5}')
+        store.put(measured)
+        assert records_of(store.frame())[1].metric_values == {"x": 0.5}
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    events = dict(conn.execute("SELECT key, value FROM meta"))
+    assert "migrated_from_2_at" in events
+    conn.close()

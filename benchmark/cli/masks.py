@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 from pathlib import Path
 
 from rich.table import Table
@@ -16,8 +15,9 @@ HELP = "Train maskers at each c and class size and draw the masks they give the 
 EPILOG = """Each row is one trained masker (c, class size); every row shows the same
 ood_test images, so rows differ only by what the masker learned. Also prints
 mask precision: the share of mask mass on digit pixels, against the share of
-pixels that are digit (what an all-ones mask scores). Trained models are kept
-in the cache directory and reused on the next call.
+pixels that are digit (what an all-ones mask scores). `ood-bench run` keeps
+every trained model that has a mask in the cache folder; this command draws
+those without training again, and trains (and keeps) only the ones missing.
 
 examples:
   ood-bench masks --protocol quick --out masks.png
@@ -51,11 +51,10 @@ def run(args: argparse.Namespace) -> int:
 
     from benchmark import engine
     from benchmark.compose import get_variant
-    from benchmark.figures import mask_gallery, mask_precision
+    from benchmark.figures import mask_gallery
     from benchmark.protocol import get_protocol
     from benchmark.runner import Workspace, parse_int_list
-    from benchmark.sources import resolve_cache_dir, resolve_data_root
-    from benchmark.store import canonical_params
+    from benchmark.sources import resolve_data_root
 
     protocol = get_protocol(args.protocol)
     get_variant(args.variant)
@@ -78,7 +77,6 @@ def run(args: argparse.Namespace) -> int:
             f"method {method.name!r} has no mask to draw; try --method masker"
         )
 
-    models_dir = resolve_cache_dir() / "models"
     panels, table = [], Table(title="Mask precision on ood_test")
     for column in (
         "params",
@@ -95,24 +93,14 @@ def run(args: argparse.Namespace) -> int:
         for k in class_sizes:
             cell = ws.splits(protocol, args.variant, k, args.seed)
             tensors = engine.cell_tensors(cell, ws.bank)
-            model = _trained(
-                method,
-                params,
-                cell,
-                tensors,
-                protocol,
-                args.seed,
-                models_dir,
-                canonical_params(params),
-            )
+            model = _trained(method, params, cell, tensors, protocol, args.seed)
             ood = tensors["ood_test"]
-            rows = torch.arange(min(len(ood), 1000), device=ws.device)
+            rows = torch.arange(min(args.images, len(ood)), device=ws.device)
             with torch.no_grad():
                 model.eval()
                 images = ood.images(rows)
-                masks = model.mask(images)
-            alpha = ood.digits[ood.digit_index[rows]].float() / 255
-            stats = mask_precision(masks, alpha)
+                masks = model.mask(engine.prepare_input(images))
+            stats = engine.mask_stats(model, ood)
             label = " ".join(f"{key}={value}" for key, value in params.items())
             panels.append(
                 (f"{label}\nk={k}", images[: args.images], masks[: args.images])
@@ -122,10 +110,10 @@ def run(args: argparse.Namespace) -> int:
                 str(k),
                 f"{100 * engine.evaluate(model, tensors['id_test']):.1f}",
                 f"{100 * engine.evaluate(model, ood):.1f}",
-                f"{100 * stats['digit_mass_share']:.1f}%",
+                f"{100 * stats['mask_digit_mass_share']:.1f}%",
                 f"{100 * stats['digit_pixel_share']:.1f}%",
-                f"{stats['mean_on_digit']:.2f}",
-                f"{stats['mean_on_background']:.2f}",
+                f"{stats['mask_mean_on_digit']:.2f}",
+                f"{stats['mask_mean_on_background']:.2f}",
             )
     title = f"{method.name} masks · {protocol.key} · {args.variant} digits · seed {args.seed}"
     path = mask_gallery(panels, Path(args.out), title)
@@ -134,28 +122,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _trained(method, params, cell, tensors, protocol, seed, models_dir, params_json):
-    """Train the cell's model, or load it if this exact cell was trained before."""
+def _trained(method, params, cell, tensors, protocol, seed):
+    """The cell's trained model: the one `ood-bench run` kept, else trained now."""
     import torch
 
     from benchmark import engine
+    from benchmark.runner import model_path, save_model
+    from benchmark.store import canonical_params
 
-    key = hashlib.sha256(
-        f"{cell.fingerprint}|{method.name}|{params_json}".encode()
-    ).hexdigest()
-    path = models_dir / f"{key[:24]}.pt"
-    model = engine.build_model(method, params, seed, tensors["train"].label.device)
+    device = tensors["train"].label.device
+    path = model_path((cell.fingerprint, method.name, canonical_params(params)))
+    model = engine.build_model(method, params, seed, device)
     if path.exists():
-        model.load_state_dict(
-            torch.load(path, map_location=tensors["train"].label.device)
-        )
+        model.load_state_dict(torch.load(path, map_location=device))
         return model
     console.print(
-        f"training {method.name} {params_json} at class size {cell.class_size}"
+        f"training {method.name} {canonical_params(params)} at class size {cell.class_size}"
     )
     outcome = engine.train(method, params, tensors["train"], protocol.budget, seed)
-    models_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(outcome.model.state_dict(), tmp)
-    tmp.replace(path)
+    save_model(outcome.model, path)
     return outcome.model
