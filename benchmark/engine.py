@@ -9,6 +9,7 @@ method's training transform) comes from generators seeded by the cell's seed.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -126,14 +127,14 @@ def count_trainable(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def make_optimizer(model: nn.Module, budget: Budget) -> torch.optim.Optimizer:
+def make_optimizer(model, budget: Budget) -> torch.optim.Optimizer:
+    """The protocol's optimizer over a model's parameters (or an iterable of tensors)."""
+    params = model.parameters() if isinstance(model, nn.Module) else model
     if budget.optimizer == "adam":
-        return torch.optim.Adam(
-            model.parameters(), lr=budget.lr, weight_decay=budget.weight_decay
-        )
+        return torch.optim.Adam(params, lr=budget.lr, weight_decay=budget.weight_decay)
     if budget.optimizer == "sgd":
         return torch.optim.SGD(
-            model.parameters(),
+            params,
             lr=budget.lr,
             momentum=budget.momentum,
             weight_decay=budget.weight_decay,
@@ -248,6 +249,148 @@ def train(
         images_per_second=images_seen / seconds if seconds > 0 else float("nan"),
         diverged=diverged,
     )
+
+
+def can_stack(method, params: dict) -> bool:
+    """Whether several seeds of this configuration can train as one stacked model.
+
+    Stacking needs the model to be a function of its parameters alone: no extra
+    loss (which receives the model object) and no buffers (which a model such
+    as batch normalisation updates in place while training).
+    """
+    if method.extra_loss is not None:
+        return False
+    model = method.build_model(dict(params))
+    return not any(True for _ in model.buffers())
+
+
+def train_stacked(
+    method,
+    params: dict,
+    splits: list[SplitTensors],
+    budget: Budget,
+    seeds: list[int],
+    on_step: Callable[[int, int], None] | None = None,
+    max_steps: int | None = None,
+) -> list[TrainOutcome]:
+    """Train one configuration for several seeds at once, as one batched model.
+
+    Member ``i`` is initialised, ordered and transformed from ``seeds[i]``
+    exactly as ``train`` would do it and trains on ``splits[i]``; the members'
+    parameters are stacked (``torch.func.stack_module_state``) and the model
+    runs under ``vmap``, so each step is one call for all members. The loss is
+    the sum of the members' mean losses, so each member's gradient is its own,
+    and Adam and SGD act on each parameter element independently. Members
+    therefore follow their separate runs up to floating-point summation order
+    (vmap turns a convolution over members into a grouped one), not bit for bit.
+    """
+    from torch.func import functional_call, stack_module_state, vmap
+
+    if len(splits) != len(seeds) or not seeds:
+        raise ValueError("train_stacked needs one split per seed")
+    n = len(splits[0])
+    if any(len(split) != n for split in splits):
+        raise ValueError("stacked members must have training splits of one size")
+    device = splits[0].label.device
+    members = [build_model(method, params, seed, device) for seed in seeds]
+    stacked, buffers = stack_module_state(members)
+    skeleton = copy.deepcopy(members[0]).to("meta")
+
+    def forward(p, b, x):
+        return functional_call(skeleton, (p, b), (x,))
+
+    batched = vmap(forward)
+    optimizer = make_optimizer(list(stacked.values()), budget)
+    streams = [seed_streams(seed) for seed in seeds]
+    order_gens = [torch.Generator(device="cpu").manual_seed(s[1]) for s in streams]
+    transform_gens = [torch.Generator(device=device).manual_seed(s[2]) for s in streams]
+
+    size = len(seeds)
+    steps_per_epoch = math.ceil(n / budget.batch_size)
+    total_steps = steps_per_epoch * budget.epochs
+    if max_steps is not None:
+        total_steps = min(total_steps, max_steps)
+    step = images_seen = 0
+    epoch_loss = torch.zeros(size, device=device)
+    final_loss = torch.full((size,), math.nan)
+    diverged_at: list[int | None] = [None] * size
+    start = time.perf_counter()
+
+    for _epoch in range(budget.epochs):
+        epoch_loss.zero_()
+        epoch_images = 0
+        orders = [
+            torch.randperm(n, generator=g).to(device).split(budget.batch_size)
+            for g in order_gens
+        ]
+        for member_rows in zip(*orders):
+            if step == total_steps:
+                break
+            xs, ys = [], []
+            for i, rows in enumerate(member_rows):
+                x = prepare_input(splits[i].images(rows))
+                if method.train_transform is not None:
+                    x = method.train_transform(x, params, transform_gens[i])
+                xs.append(x)
+                ys.append(splits[i].label.index_select(0, rows))
+            y = torch.stack(ys)
+            logits = batched(stacked, buffers, torch.stack(xs))
+            losses = (
+                F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+                .view(size, -1)
+                .mean(dim=1)
+            )
+
+            optimizer.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            optimizer.step()
+
+            batch = len(member_rows[0])
+            epoch_loss += losses.detach() * batch
+            step += 1
+            images_seen += batch
+            epoch_images += batch
+            if on_step is not None:
+                on_step(step, total_steps)
+
+        means = (epoch_loss / max(epoch_images, 1)).cpu()
+        for i, mean in enumerate(means.tolist()):
+            if diverged_at[i] is None:
+                final_loss[i] = mean
+                if not math.isfinite(mean):
+                    diverged_at[i] = step
+        if all(d is not None for d in diverged_at) or step == total_steps:
+            break
+
+    seconds = time.perf_counter() - start
+    outcomes = []
+    for i, model in enumerate(members):
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                param.copy_(stacked[name][i])
+        steps = diverged_at[i] if diverged_at[i] is not None else step
+        if diverged_at[i] is not None:
+            log.warning(
+                "%s %s seed %d: loss became %s; stopping",
+                method.name,
+                params,
+                seeds[i],
+                float(final_loss[i]),
+            )
+        # Each member is charged an equal share of the time they trained together.
+        outcomes.append(
+            TrainOutcome(
+                model=model,
+                final_loss=float(final_loss[i]),
+                steps=steps,
+                seconds=seconds / size,
+                images_per_second=size * images_seen / seconds
+                if seconds > 0
+                else float("nan"),
+                diverged=diverged_at[i] is not None,
+            )
+        )
+    return outcomes
 
 
 @torch.no_grad()

@@ -20,13 +20,25 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 import torch
 
 from benchmark.errors import BenchmarkError
-from benchmark.runner import CellTask, Workspace, failed_record, run_cell
+from benchmark.runner import CellTask, Workspace, failed_record, run_unit
 from benchmark.store import CellRecord
 
 log = logging.getLogger(__name__)
 
 StepCallback = Callable[[int, int], None]
 StartCallback = Callable[[CellTask], None]
+# What executors are handed: single cells, or units of cells that train stacked.
+Work = CellTask | tuple[CellTask, ...]
+
+
+def as_unit(work: Work) -> tuple[CellTask, ...]:
+    return work if isinstance(work, tuple) else (work,)
+
+
+def _started(unit: tuple[CellTask, ...], on_start: StartCallback | None) -> None:
+    if on_start:
+        for task in unit:
+            on_start(task)
 
 
 class LocalExecutor:
@@ -39,22 +51,22 @@ class LocalExecutor:
 
     def run(
         self,
-        tasks: Iterable[CellTask],
+        tasks: Iterable[Work],
         on_start: StartCallback | None = None,
         on_step: StepCallback | None = None,
     ) -> Iterator[tuple[CellTask, CellRecord]]:
-        for task in tasks:
-            if on_start:
-                on_start(task)
-            yield task, run_cell(task, self.workspace, on_step)
+        for work in tasks:
+            unit = as_unit(work)
+            _started(unit, on_start)
+            yield from zip(unit, run_unit(unit, self.workspace, on_step))
 
 
 def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _run_in_worker(task: CellTask) -> CellRecord:
-    return run_cell(task)
+def _run_in_worker(unit: tuple[CellTask, ...]) -> list[CellRecord]:
+    return run_unit(unit)
 
 
 class ProcessExecutor:
@@ -68,13 +80,13 @@ class ProcessExecutor:
 
     def run(
         self,
-        tasks: Iterable[CellTask],
+        tasks: Iterable[Work],
         on_start: StartCallback | None = None,
         on_step: StepCallback | None = None,
     ) -> Iterator[tuple[CellTask, CellRecord]]:
         # spawn, not fork: forking a process whose OpenMP threads are running can hang.
         context = multiprocessing.get_context("spawn")
-        pending: dict[Future, CellTask] = {}
+        pending: dict[Future, tuple[CellTask, ...]] = {}
         source = iter(tasks)
         with ProcessPoolExecutor(
             self.jobs,
@@ -85,18 +97,18 @@ class ProcessExecutor:
             try:
                 while True:
                     while len(pending) < self.jobs:
-                        task = next(source, None)
-                        if task is None:
+                        work = next(source, None)
+                        if work is None:
                             break
-                        if on_start:
-                            on_start(task)
-                        pending[pool.submit(_run_in_worker, task)] = task
+                        unit = as_unit(work)
+                        _started(unit, on_start)
+                        pending[pool.submit(_run_in_worker, unit)] = unit
                     if not pending:
                         return
                     finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for future in finished:
-                        task = pending.pop(future)
-                        yield task, future.result()
+                        unit = pending.pop(future)
+                        yield from zip(unit, future.result())
             finally:
                 for future in pending:
                     future.cancel()
@@ -118,11 +130,11 @@ def require_ray():
     return ray
 
 
-def _run_on_ray(task: CellTask, threads: int) -> CellRecord:
+def _run_on_ray(unit: tuple[CellTask, ...], threads: int) -> list[CellRecord]:
     # Ray reuses worker processes, so the workspace cached by workspace_for is
     # loaded once per worker, not once per cell.
     torch.set_num_threads(threads)
-    return run_cell(task)
+    return run_unit(unit)
 
 
 def lost_cell_record(task: CellTask, error: str) -> CellRecord:
@@ -206,7 +218,7 @@ class RayExecutor:
 
     def run(
         self,
-        tasks: Iterable[CellTask],
+        tasks: Iterable[Work],
         on_start: StartCallback | None = None,
         on_step: StepCallback | None = None,
     ) -> Iterator[tuple[CellTask, CellRecord]]:
@@ -222,42 +234,44 @@ class RayExecutor:
         slots = self.slots()
         log.info("running up to %d cells at once on Ray", slots)
 
-        pending: dict = {}  # object ref -> (task, attempt)
+        pending: dict = {}  # object ref -> (unit, attempt)
         source = iter(tasks)
         try:
             while True:
                 while len(pending) < slots:
-                    task = next(source, None)
-                    if task is None:
+                    work = next(source, None)
+                    if work is None:
                         break
-                    if on_start:
-                        on_start(task)
-                    pending[remote.remote(task, threads)] = (task, 1)
+                    unit = as_unit(work)
+                    _started(unit, on_start)
+                    pending[remote.remote(unit, threads)] = (unit, 1)
                 if not pending:
                     return
                 finished, _ = ray.wait(list(pending), num_returns=1)
                 for ref in finished:
-                    task, attempt = pending.pop(ref)
+                    unit, attempt = pending.pop(ref)
                     try:
-                        record = ray.get(ref)
+                        records = ray.get(ref)
                     except ray.exceptions.RayError as exc:
                         # Ray already retried it; store it as failed so the sweep
-                        # goes on and a later run tries the cell again.
-                        log.warning("cell %s was lost on Ray: %s", task.label(), exc)
+                        # goes on and a later run tries the cells again.
+                        log.warning("cell %s was lost on Ray: %s", unit[0].label(), exc)
                         error = f"{type(exc).__name__}: {exc}"
-                        yield task, lost_cell_record(task, error)
+                        for task in unit:
+                            yield task, lost_cell_record(task, error)
                         continue
-                    if record.status == "failed" and attempt <= self.retries:
+                    failed = [r for r in records if r.status == "failed"]
+                    if failed and attempt <= self.retries:
                         log.info(
                             "cell %s failed (%s); attempt %d of %d",
-                            task.label(),
-                            record.error,
+                            unit[0].label(),
+                            failed[0].error,
                             attempt + 1,
                             self.retries + 1,
                         )
-                        pending[remote.remote(task, threads)] = (task, attempt + 1)
+                        pending[remote.remote(unit, threads)] = (unit, attempt + 1)
                         continue
-                    yield task, record
+                    yield from zip(unit, records)
         finally:
             # An interrupt or an abandoned generator: stop what is still running.
             for ref in pending:

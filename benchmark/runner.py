@@ -255,56 +255,116 @@ def run_cell(
     on_step: Callable[[int, int], None] | None = None,
 ) -> CellRecord:
     """Train and evaluate one cell; a failing plugin gives a 'failed' record, not an exception."""
-    ws = workspace or workspace_for(task)
-    protocol = get_protocol(task.protocol)
-    method = ws.registry.get(task.method)
-    params = task.params
+    return run_unit((task,), workspace, on_step)[0]
+
+
+def stack_key(task: CellTask) -> tuple:
+    """Cells with the same key differ only by seed and may train as one stacked model."""
+    return (task.protocol, task.method, task.params_json, task.variant, task.class_size)
+
+
+def run_unit(
+    tasks: tuple[CellTask, ...],
+    workspace: Workspace | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> list[CellRecord]:
+    """Train and evaluate a unit of cells, returning one record per cell.
+
+    A unit of one cell trains on its own. A unit of several cells with the same
+    ``stack_key`` (seeds of one configuration) trains them as one stacked model
+    (``engine.train_stacked``) when the method allows it, else one after another.
+    A failing plugin gives 'failed' records, never an exception.
+    """
+    ws = workspace or workspace_for(tasks[0])
+    protocol = get_protocol(tasks[0].protocol)
+    method = ws.registry.get(tasks[0].method)
+    params = tasks[0].params
+    if len({stack_key(t) for t in tasks}) != 1:
+        raise ValueError("a unit of stacked cells must differ only by seed")
+    stacked = len(tasks) > 1
+    if stacked and not engine.can_stack(method, params):
+        return [record for t in tasks for record in run_unit((t,), ws, on_step)]
+
     started, wall_start = utc_now(), time.perf_counter()
-    record = failed_record(
-        task,
-        device=device_name(ws.device),
-        method_source=ws.registry.source(task.method),
-        data_fingerprint=ws.bank.data_fingerprint,
-        started_at=started,
-    )
-    try:
-        cell = ws.splits(protocol, task.variant, task.class_size, task.seed)
-        if cell.fingerprint != task.fingerprint:
-            raise RuntimeError(
-                f"split fingerprint {cell.fingerprint} differs from the planned "
-                f"{task.fingerprint}: the data differ between driver and worker"
-            )
-        tensors = engine.cell_tensors(cell, ws.bank)
-        outcome = engine.train(
-            method, params, tensors["train"], protocol.budget, task.seed, on_step
+    records = [
+        failed_record(
+            task,
+            device=device_name(ws.device),
+            method_source=ws.registry.source(task.method),
+            data_fingerprint=ws.bank.data_fingerprint,
+            started_at=started,
         )
-        record.train_loss = outcome.final_loss
-        record.num_params = engine.count_trainable(outcome.model)
-        record.train_seconds = outcome.seconds
-        record.images_per_second = outcome.images_per_second
-        if outcome.diverged:
-            record.status = "diverged"
-            record.error = (
-                f"training loss became {outcome.final_loss} after {outcome.steps} steps"
+        for task in tasks
+    ]
+    if stacked:
+        for record in records:
+            record.executor = f"{record.executor}+stacked{len(tasks)}"
+    try:
+        tensors = []
+        for task in tasks:
+            cell = ws.splits(protocol, task.variant, task.class_size, task.seed)
+            if cell.fingerprint != task.fingerprint:
+                raise RuntimeError(
+                    f"split fingerprint {cell.fingerprint} differs from the planned "
+                    f"{task.fingerprint}: the data differ between driver and worker"
+                )
+            tensors.append(engine.cell_tensors(cell, ws.bank))
+        if stacked:
+            outcomes = engine.train_stacked(
+                method,
+                params,
+                [t["train"] for t in tensors],
+                protocol.budget,
+                [task.seed for task in tasks],
+                on_step,
             )
         else:
-            for split in EVAL_SPLITS:
-                setattr(
-                    record,
-                    f"{split}_acc",
-                    engine.evaluate(outcome.model, tensors[split]),
+            outcomes = [
+                engine.train(
+                    method,
+                    params,
+                    tensors[0]["train"],
+                    protocol.budget,
+                    tasks[0].seed,
+                    on_step,
                 )
-            stats = engine.mask_stats(outcome.model, tensors["ood_test"])
-            if stats is not None:
-                record.metrics = json.dumps(stats, sort_keys=True)
-                save_model(outcome.model, model_path(task.key))
-            record.status = "ok"
+            ]
+        for task, record, outcome, cell_tensors in zip(
+            tasks, records, outcomes, tensors
+        ):
+            _evaluate(task, record, outcome, cell_tensors)
     except Exception as exc:  # noqa: BLE001 - a plugin's bug must not end the sweep
-        log.debug("cell %s failed:\n%s", task.label(), traceback.format_exc())
-        record.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
-    record.wall_seconds = time.perf_counter() - wall_start
-    record.finished_at = utc_now()
-    return record
+        log.debug("cells %s failed:\n%s", tasks[0].label(), traceback.format_exc())
+        error = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+        for record in records:
+            if record.status == "failed":
+                record.error = error
+    finished, wall = utc_now(), time.perf_counter() - wall_start
+    for record in records:
+        record.wall_seconds = wall / len(records)  # an equal share when stacked
+        record.finished_at = finished
+    return records
+
+
+def _evaluate(task, record: CellRecord, outcome, tensors) -> None:
+    """Fill a record from a finished training run: figures, status, mask stats."""
+    record.train_loss = outcome.final_loss
+    record.num_params = engine.count_trainable(outcome.model)
+    record.train_seconds = outcome.seconds
+    record.images_per_second = outcome.images_per_second
+    if outcome.diverged:
+        record.status = "diverged"
+        record.error = (
+            f"training loss became {outcome.final_loss} after {outcome.steps} steps"
+        )
+        return
+    for split in EVAL_SPLITS:
+        setattr(record, f"{split}_acc", engine.evaluate(outcome.model, tensors[split]))
+    stats = engine.mask_stats(outcome.model, tensors["ood_test"])
+    if stats is not None:
+        record.metrics = json.dumps(stats, sort_keys=True)
+        save_model(outcome.model, model_path(task.key))
+    record.status = "ok"
 
 
 def model_path(key: tuple[str, str, str]) -> Path:
@@ -358,9 +418,11 @@ def plan_sweep(
     disabled_plugins: tuple[str, ...] = (),
     outside_plugins: bool = True,
     extra_plugin_modules: tuple[str, ...] = (),
+    seeds_innermost: bool = False,
 ) -> SweepPlan:
     """Expand the grid into tasks, ordered so each split is built once and every
-    seed of a configuration finishes close together."""
+    seed of a configuration finishes close together; with ``seeds_innermost``
+    the seeds of one configuration come one after another (for stacking)."""
     variants, class_sizes, seeds = list(variants), list(class_sizes), list(seeds)
     for k in class_sizes:
         check_class_size(k, workspace.num_train_backgrounds)
@@ -388,8 +450,32 @@ def plan_sweep(
                                 extra_plugin_modules=extra_plugin_modules,
                             )
                         )
+    if seeds_innermost:
+        # sorted is stable: within a configuration the seeds keep their order.
+        rank = {key: i for i, key in enumerate(dict.fromkeys(map(stack_key, tasks)))}
+        tasks.sort(key=lambda t: rank[stack_key(t)])
     done = [t for t in tasks if t.key in done_keys]
     return SweepPlan(tasks, done)
+
+
+def units_of(tasks: Iterable[CellTask], stack: int) -> Iterator[tuple[CellTask, ...]]:
+    """Group consecutive tasks that differ only by seed into units of at most
+    ``stack`` cells (units of one when ``stack`` is 1).
+
+    A full unit is handed on at once; only a unit that may still grow waits for
+    the next task, so at most one task (already claimed) waits ahead of its unit.
+    """
+    unit: list[CellTask] = []
+    for task in tasks:
+        if unit and stack_key(unit[0]) != stack_key(task):
+            yield tuple(unit)
+            unit = []
+        unit.append(task)
+        if len(unit) >= stack:
+            yield tuple(unit)
+            unit = []
+    if unit:
+        yield tuple(unit)
 
 
 def run_sweep(
@@ -401,13 +487,16 @@ def run_sweep(
     on_done: Callable[[CellTask, CellRecord], None] | None = None,
     on_skip: Callable[[CellTask, str], None] | None = None,
     force: bool = False,
+    stack: int = 1,
 ) -> Iterator[CellRecord]:
     """Run the plan's missing cells on ``executor``, storing each as it finishes.
 
     Each cell is claimed in the store just before it is handed to the executor,
     so a cell another runner holds is skipped, and each record is written in
     its own transaction as soon as it comes back. Claims of cells that never
-    finished (an interrupt) are released on the way out.
+    finished (an interrupt) are released on the way out. With ``stack`` > 1,
+    up to that many seeds of one configuration are handed over as one unit and
+    train as one stacked model (plan them seed-innermost, see ``plan_sweep``).
     """
     owner = new_owner()
     claimed: set[tuple[str, str, str]] = set()
@@ -426,7 +515,8 @@ def run_sweep(
             yield task
 
     try:
-        for task, record in executor.run(claimed_tasks(), on_start, on_step):
+        units = units_of(claimed_tasks(), stack)
+        for task, record in executor.run(units, on_start, on_step):
             store.put(record, replace=force)
             store.release(task.key, owner)
             claimed.discard(task.key)

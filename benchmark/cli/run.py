@@ -95,6 +95,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: one per core on cpu, else 1)",
     )
     parser.add_argument(
+        "--stack-seeds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train up to N seeds of a configuration at once as one batched model "
+        "(vmap over stacked parameters); slower than separate cells on the CPUs "
+        "measured in docs/performance.md, so off (1) by default",
+    )
+    parser.add_argument(
         "--executor",
         choices=EXECUTORS,
         default="local",
@@ -158,6 +167,10 @@ def run(args: argparse.Namespace) -> int:
         protocol.class_sizes
     )
     seeds = runner.parse_int_list(args.seeds, "--seeds") or list(protocol.seeds)
+    if args.stack_seeds < 1:
+        raise BenchmarkError(
+            f"--stack-seeds must be at least 1, got {args.stack_seeds}"
+        )
     if args.executor == "ray":
         device = _ray_device(args)
     else:
@@ -196,6 +209,7 @@ def run(args: argparse.Namespace) -> int:
             else "process",
             disabled_plugins=tuple(args.disable),
             outside_plugins=not args.no_outside_plugins,
+            seeds_innermost=args.stack_seeds > 1,
         )
         todo = plan.tasks if args.force else plan.todo
         n_configs = sum(len(grid) for _, grid in configurations)
@@ -282,7 +296,11 @@ def _execute(plan, store, workspace, args) -> list:
     todo = plan.tasks if args.force else plan.todo
     executor = make_executor(args, workspace)
     if args.quiet:
-        return list(runner.run_sweep(plan, store, executor, force=args.force))
+        return list(
+            runner.run_sweep(
+                plan, store, executor, force=args.force, stack=args.stack_seeds
+            )
+        )
 
     columns = (
         TextColumn("{task.description}"),
@@ -338,6 +356,7 @@ def _execute(plan, store, workspace, args) -> list:
                 on_done,
                 on_skip,
                 force=args.force,
+                stack=args.stack_seeds,
             )
         )
         progress.update(current, visible=False)
