@@ -195,11 +195,14 @@ def git_commit() -> str | None:
 
 
 def device_name(device: torch.device) -> str:
+    """The device as results record it: for a CPU, its architecture, the vector
+    instructions torch's kernels use (they change summation order, so results
+    differ in the last bits between, say, AVX2 and AVX512) and the thread count."""
     if device.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(device)}"
-    return (
-        f"cpu:{platform.processor() or platform.machine()}:{torch.get_num_threads()}t"
-    )
+    machine = platform.processor() or platform.machine()
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"cpu:{machine}:{capability}:{torch.get_num_threads()}t"
 
 
 # ---------------------------------------------------------------- one cell

@@ -69,3 +69,12 @@ def test_a_mask_on_exactly_the_digit_scores_one_and_its_opposite_zero():
 def test_a_model_without_a_mask_has_no_mask_stats():
     split = tiny_split()
     assert mask_stats(nn.Linear(3, 3), split) is None
+
+
+def test_cpu_device_name_records_vector_instructions_and_threads():
+    from benchmark.runner import device_name
+
+    name = device_name(torch.device("cpu"))
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert name.startswith("cpu:") and f":{capability}:" in name
+    assert name.endswith(f":{torch.get_num_threads()}t")
