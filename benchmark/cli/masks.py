@@ -29,20 +29,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--method", default="masker", help="a method whose model has .mask(x)"
     )
-    parser.add_argument("--param", action="append", default=[], metavar="KEY=V1,V2")
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="parameter values, one row per value (default: the method's sweep)",
+    )
     parser.add_argument(
         "--protocol", default="quick", help="protocol name (default: quick)"
     )
     parser.add_argument(
         "--variant", default="black", help="foreground variant (default: black)"
     )
-    parser.add_argument("--class-sizes", action="append", metavar="K[,K...]")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--images", type=int, default=8, metavar="N", help="OOD images per row"
+        "--class-sizes",
+        action="append",
+        metavar="K[,K...]",
+        help="class sizes (default: the protocol's)",
     )
-    parser.add_argument("--out", default="masks.png", metavar="FILE.png")
-    parser.add_argument("--device", default=None)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the maskers drawn (default: 0)"
+    )
+    parser.add_argument(
+        "--images",
+        type=int,
+        default=8,
+        metavar="N",
+        help="OOD images per row (default: 8)",
+    )
+    parser.add_argument(
+        "--out",
+        default="masks.png",
+        metavar="FILE.png",
+        help="where to write the grid (default: masks.png)",
+    )
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="torch device (default: cuda when available, else cpu)",
+    )
     add_data_root(parser)
 
 
