@@ -69,10 +69,45 @@ class Leaderboard:
     stale: list[StaleGroup] = field(default_factory=list)
     failures: pd.DataFrame = field(default_factory=pd.DataFrame)
     rows: pd.DataFrame = field(default_factory=pd.DataFrame)  # current rows, any status
+    selected: tuple[int, ...] | None = None  # class sizes ranked on; None: all
 
     @property
     def class_sizes(self) -> tuple[int, ...]:
-        return self.protocol.class_sizes
+        """The class sizes the tables show and average over."""
+        return self.selected or self.protocol.class_sizes
+
+    def configurations(self) -> list[tuple[str, str]]:
+        """Every (method, params) on the leaderboard in reading order: the
+        baseline first, then by method and by parameter values."""
+        found = self.rows[_CONFIG].drop_duplicates().itertuples(index=False)
+        return sorted(
+            (tuple(c) for c in found),
+            key=lambda c: (c[0] != self.baseline, c[0], _params_key(c[1])),
+        )
+
+    def colours(self) -> dict[tuple[str, str], str]:
+        """One colour per configuration drawn as a curve (two class sizes or
+        more), the same in every figure and for every variant."""
+        import matplotlib
+
+        cycle = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+        ok = self.rows[self.rows["status"] == "ok"]
+        sizes = ok.groupby(_CONFIG)["class_size"].nunique()
+        curves = [c for c in self.configurations() if sizes.get(c, 0) >= 2]
+        return {c: cycle[i % len(cycle)] for i, c in enumerate(curves)}
+
+
+def _params_key(params: str) -> tuple:
+    """Sort key for a configuration's parameters: numbers by value, then text."""
+    try:
+        values = json.loads(params)
+    except (TypeError, ValueError):
+        return ((1, str(params)),)
+    if not isinstance(values, dict):
+        return ((1, str(params)),)
+    return tuple(
+        (0, v) if isinstance(v, (int, float)) else (1, str(v)) for v in values.values()
+    )
 
 
 def aggregate(
@@ -80,25 +115,33 @@ def aggregate(
     protocol: Protocol | None = None,
     baseline: str = "baseline",
     expected_fingerprints: dict[tuple[str, int, int], str] | None = None,
+    class_sizes: list[int] | tuple[int, ...] | None = None,
 ) -> Leaderboard:
     """Rank the configurations in a results frame (as from ``ResultStore.frame``).
 
     ``protocol`` defaults to the one protocol the rows belong to;
     ``expected_fingerprints`` maps (variant, class size, seed) to the current
     split fingerprint, and rows that disagree are reported as stale.
+    ``class_sizes`` ranks on those class sizes of the protocol only, so that
+    configurations run at some class sizes can be ranked on what they share.
     """
     protocol, df = _select_protocol(df, protocol)
+    selected = _select_class_sizes(protocol, class_sizes)
     df = df.reset_index(drop=True)  # row labels are used to align the stale reasons
     reasons = _stale_reasons(df, protocol, expected_fingerprints)
     stale = _stale_groups(df, reasons)
-    current = df[reasons == ""].copy()
+    current = df[reasons == ""]
+    if selected is not None:
+        current = current[current["class_size"].isin(selected)]
+    current = current.copy()
 
     failures = _failures(current)
     tables = {}
+    sizes = selected or protocol.class_sizes
     for variant in protocol.variants:
         rows = current[current["variant"] == variant]
         if not rows.empty:
-            tables[variant] = _variant_table(rows, protocol, baseline)
+            tables[variant] = _variant_table(rows, protocol, sizes, baseline)
     return Leaderboard(
         protocol=protocol,
         baseline=baseline,
@@ -106,7 +149,24 @@ def aggregate(
         stale=stale,
         failures=failures,
         rows=current.reset_index(drop=True),
+        selected=selected,
     )
+
+
+def _select_class_sizes(
+    protocol: Protocol, class_sizes: list[int] | tuple[int, ...] | None
+) -> tuple[int, ...] | None:
+    """The chosen class sizes in the protocol's order, or None for all of them."""
+    if not class_sizes:
+        return None
+    unknown = sorted(set(class_sizes) - set(protocol.class_sizes))
+    if unknown:
+        raise BenchmarkError(
+            f"class size {unknown[0]} is not in {protocol.key} "
+            f"(its class sizes: {', '.join(map(str, protocol.class_sizes))})"
+        )
+    chosen = tuple(c for c in protocol.class_sizes if c in set(class_sizes))
+    return None if chosen == protocol.class_sizes else chosen
 
 
 def _select_protocol(
@@ -205,7 +265,10 @@ def _mean_std(values: pd.Series) -> tuple[float, float]:
 
 
 def _variant_table(
-    rows: pd.DataFrame, protocol: Protocol, baseline: str
+    rows: pd.DataFrame,
+    protocol: Protocol,
+    class_sizes: tuple[int, ...],
+    baseline: str,
 ) -> pd.DataFrame:
     ok = rows[rows["status"] == "ok"]
     base_params = _baseline_params(ok, baseline)
@@ -220,8 +283,8 @@ def _variant_table(
     for method, params in configs:
         mine = ok[(ok["method"] == method) & (ok["params"] == params)]
         record = {"method": method, "params": params}
-        record.update(_accuracies(mine, protocol))
-        record["seeds_done"] = _complete_seeds(mine, protocol)
+        record.update(_accuracies(mine, class_sizes))
+        record["seeds_done"] = _complete_seeds(mine, class_sizes)
         record["seeds_expected"] = len(protocol.seeds)
         num_params = mine["num_params"].dropna()
         record["num_params"] = int(num_params.max()) if len(num_params) else pd.NA
@@ -231,9 +294,15 @@ def _variant_table(
         records.append(record)
 
     table = pd.DataFrame.from_records(records)
+    # Unranked rows follow in reading order: by method, then parameter values.
+    keys = [
+        (m != baseline, m, _params_key(p)) for m, p in zip(table.method, table.params)
+    ]
+    reading = sorted(range(len(keys)), key=keys.__getitem__)
+    table["_order"] = pd.Series(range(len(reading)), index=reading)
     table = table.sort_values(
-        ["ood_mean", "method", "params"],
-        ascending=[False, True, True],
+        ["ood_mean", "_order"],
+        ascending=[False, True],
         na_position="last",
         kind="stable",
     ).reset_index(drop=True)
@@ -241,7 +310,7 @@ def _variant_table(
     rank = pd.Series(pd.NA, index=table.index, dtype="Int64")
     rank[ranked] = np.arange(1, int(ranked.sum()) + 1)
     table.insert(0, "rank", rank)
-    return table
+    return table.drop(columns="_order")
 
 
 def _baseline_params(ok: pd.DataFrame, baseline: str) -> str | None:
@@ -254,7 +323,7 @@ def _baseline_params(ok: pd.DataFrame, baseline: str) -> str | None:
     return counts["params"].iloc[0]
 
 
-def _accuracies(ok: pd.DataFrame, protocol: Protocol) -> dict:
+def _accuracies(ok: pd.DataFrame, class_sizes: tuple[int, ...]) -> dict:
     out: dict = {}
     per_size = {"ood": [], "id": [], "conflict": []}
     columns = {
@@ -262,7 +331,7 @@ def _accuracies(ok: pd.DataFrame, protocol: Protocol) -> dict:
         "id": "id_test_acc",
         "conflict": "conflict_test_acc",
     }
-    for c in protocol.class_sizes:
+    for c in class_sizes:
         at_c = ok[ok["class_size"] == c]
         for name, column in columns.items():
             mean, std = _mean_std(at_c[column])
@@ -277,10 +346,10 @@ def _accuracies(ok: pd.DataFrame, protocol: Protocol) -> dict:
     return out
 
 
-def _complete_seeds(ok: pd.DataFrame, protocol: Protocol) -> int:
-    """Seeds that finished at every class size of the protocol."""
-    sizes = ok.groupby("seed")["class_size"].nunique()
-    return int((sizes == len(protocol.class_sizes)).sum())
+def _complete_seeds(ok: pd.DataFrame, class_sizes: tuple[int, ...]) -> int:
+    """Seeds that finished at every one of the class sizes."""
+    sizes = ok[ok["class_size"].isin(class_sizes)].groupby("seed")["class_size"]
+    return int((sizes.nunique() == len(class_sizes)).sum())
 
 
 def _paired_difference(
@@ -423,7 +492,17 @@ def _variant_title(variant: str) -> str:
 
 def legend(lb: Leaderboard) -> list[str]:
     """Sentences explaining the columns, one per line."""
-    return [
+    chosen = []
+    if lb.selected:
+        shown = ", ".join(map(str, lb.selected))
+        every = ", ".join(map(str, lb.protocol.class_sizes))
+        chosen = [
+            (
+                f"Ranked on class sizes {shown} only (of the protocol's {every}): "
+                "means and seeds count those class sizes alone."
+            )
+        ]
+    return chosen + [
         (
             "Accuracies are in %. OOD @c: accuracy on test digits over unseen "
             "backgrounds after training with c backgrounds per class, mean ± std "
@@ -571,51 +650,66 @@ def _label(method: str, params: str) -> str:
     return method if shown == "defaults" else f"{method} ({shown})"
 
 
+def _draw_curve(ax, sizes, means, stds, colour, label, linestyle="-") -> None:
+    """A line through the class sizes that have a value, with ± std bars."""
+    means, stds = np.asarray(means, dtype=float), np.asarray(stds, dtype=float)
+    present = ~np.isnan(means)
+    ax.errorbar(
+        sizes[present],
+        100 * means[present],
+        yerr=100 * np.nan_to_num(stds[present]),
+        color=colour,
+        linestyle=linestyle,
+        marker="o",
+        markersize=3,
+        capsize=3,
+        label=label,
+    )
+
+
+def _class_size_axis(ax, sizes) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes, [str(c) for c in sizes])
+    ax.set_xlabel("class size (training backgrounds per digit class)")
+    ax.grid(True, alpha=0.3)
+
+
 def plot(lb: Leaderboard, out_dir: str | Path) -> dict[str, Path]:
     """One PNG per variant: OOD (solid) and ID (dashed) accuracy vs class size.
 
     Configurations run at a single class size (a parameter grid) have no curve
-    to draw; the heatmaps show them.
+    to draw; the heatmaps show them. A configuration keeps its colour across
+    variants and figures.
     """
-    import matplotlib
     from matplotlib.figure import Figure  # no pyplot: no global state, no display
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    colours = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = lb.colours()
     sizes = np.array(lb.class_sizes)
     written = {}
     for variant, table in lb.tables.items():
         fig = Figure(figsize=(8, 4.5), layout="constrained")
         ax = fig.add_subplot()
-        curves = table[[_has_curve(row, sizes) for _, row in table.iterrows()]]
-        for i, (_, row) in enumerate(curves.iterrows()):
-            colour = colours[i % len(colours)]
-            label = row["method"]
-            if format_params(row["params"]) != "defaults":
-                label += f" ({format_params(row['params'])})"
+        rows = {(r["method"], r["params"]): r for _, r in table.iterrows()}
+        drawn = [c for c in colours if c in rows and _has_curve(rows[c], sizes)]
+        for config in drawn:
+            row = rows[config]
             for split, style in (("ood", "-"), ("id", "--")):
-                means = np.array([row[f"{split}_{c}"] for c in sizes], dtype=float)
-                stds = np.array([row[f"{split}_{c}_std"] for c in sizes], dtype=float)
-                ax.errorbar(
+                _draw_curve(
+                    ax,
                     sizes,
-                    100 * means,
-                    yerr=100 * np.nan_to_num(stds),
-                    color=colour,
-                    linestyle=style,
-                    marker="o",
-                    markersize=3,
-                    capsize=3,
+                    [row[f"{split}_{c}"] for c in sizes],
+                    [row[f"{split}_{c}_std"] for c in sizes],
+                    colours[config],
                     # One legend entry per configuration; the title tells the styles apart.
-                    label=label if split == "ood" else "_nolegend_",
+                    _label(*config) if split == "ood" else "_nolegend_",
+                    linestyle=style,
                 )
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(sizes, [str(c) for c in sizes])
-        ax.set_xlabel("class size (training backgrounds per digit class)")
+        _class_size_axis(ax, sizes)
         ax.set_ylabel("accuracy (%)")
         ax.set_title(f"{_variant_title(variant)}: OOD (solid) and ID (dashed)")
-        ax.grid(True, alpha=0.3)
-        if not curves.empty:
+        if drawn:
             ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5))
         path = out_dir / f"{variant}.png"
         fig.savefig(path, dpi=120)
@@ -651,7 +745,8 @@ def per_class_size(lb: Leaderboard, variant: str, column: str) -> pd.DataFrame:
         return pd.DataFrame()
     ok = ok[(ok["variant"] == variant) & ok[column].notna()]
     records = []
-    for (method, params), mine in ok.groupby(_CONFIG, sort=False):
+    for method, params in lb.configurations():
+        mine = ok[(ok["method"] == method) & (ok["params"] == params)]
         if mine["class_size"].nunique() < 2:
             continue
         record = {"method": method, "params": params}
@@ -695,31 +790,27 @@ def plot_per_class_size(
     """One panel per variant: ``column`` against class size, a line per
     configuration; ``reference`` (another column) is drawn dashed, in grey, as
     its mean over every configuration. None when there is nothing to draw."""
-    import matplotlib
     from matplotlib.figure import Figure
 
     tables = {v: per_class_size(lb, v, column) for v in lb.protocol.variants}
     tables = {v: t for v, t in tables.items() if not t.empty}
     if not tables:
         return None
-    colours = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = lb.colours()
     sizes = np.array(lb.class_sizes)
     fig = Figure(figsize=(6 * len(tables) + 2, 4.2), layout="constrained")
     axes = fig.subplots(1, len(tables), sharey=True, squeeze=False)[0]
+    handles = {}
     for ax, (variant, table) in zip(axes, tables.items()):
-        for i, (_, row) in enumerate(table.iterrows()):
-            means = np.array([row[str(c)] for c in sizes], dtype=float)
-            stds = np.array([row[f"{c}_std"] for c in sizes], dtype=float)
-            present = ~np.isnan(means)
-            ax.errorbar(
-                sizes[present],
-                100 * means[present],
-                yerr=100 * np.nan_to_num(stds[present]),
-                color=colours[i % len(colours)],
-                marker="o",
-                markersize=3,
-                capsize=3,
-                label=_label(row["method"], row["params"]),
+        for _, row in table.iterrows():
+            config = (row["method"], row["params"])
+            _draw_curve(
+                ax,
+                sizes,
+                [row[str(c)] for c in sizes],
+                [row[f"{c}_std"] for c in sizes],
+                colours.get(config, "black"),
+                _label(*config),
             )
         if reference is not None:
             ref = per_class_size(lb, variant, reference)
@@ -733,13 +824,20 @@ def plot_per_class_size(
                     linestyle="--",
                     label=reference.replace("_", " "),
                 )
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(sizes, [str(c) for c in sizes])
-        ax.set_xlabel("class size (training backgrounds per digit class)")
+        _class_size_axis(ax, sizes)
         ax.set_title(_variant_title(variant))
-        ax.grid(True, alpha=0.3)
+        # The legend gathers every panel's entries: a configuration may be
+        # missing from one variant.
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
     axes[0].set_ylabel(ylabel)
-    axes[-1].legend(fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5))
+    axes[-1].legend(
+        handles.values(),
+        handles.keys(),
+        fontsize="small",
+        loc="center left",
+        bbox_to_anchor=(1.02, 0.5),
+    )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -801,11 +899,13 @@ def shortcut_sections(lb: Leaderboard, out_dir: str | Path) -> str:
             if table.empty:
                 continue
             share = per_class_size(lb, variant, "digit_pixel_share")
-            reference = {"method": "digit pixels", "params": "{}"}
-            for c in lb.class_sizes:
-                reference[str(c)] = share[str(c)].mean()
-                reference[f"{c}_std"] = math.nan
-            table = pd.concat([table, pd.DataFrame([reference])], ignore_index=True)
+            if not share.empty:
+                reference = {"method": "digit pixels", "params": "{}"}
+                for c in lb.class_sizes:
+                    reference[str(c)] = share[str(c)].mean()
+                    reference[f"{c}_std"] = math.nan
+                reference = pd.DataFrame([reference])
+                table = pd.concat([table, reference], ignore_index=True)
             lines += [f"### {_variant_title(variant)}", ""]
             lines += [_class_size_markdown(lb, table), ""]
     return "\n".join(lines)
@@ -889,6 +989,7 @@ def publish(
     baseline: str = "baseline",
     expected_fingerprints: dict[tuple[str, int, int], str] | None = None,
     notes: str | None = None,
+    class_sizes: list[int] | tuple[int, ...] | None = None,
 ) -> Leaderboard:
     """Write ``README.md``, one PNG per variant, conflict-accuracy and
     mask-precision figures, noise heatmaps and ``results.csv`` into ``out_dir``.
@@ -898,7 +999,7 @@ def publish(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    lb = aggregate(df, protocol, baseline, expected_fingerprints)
+    lb = aggregate(df, protocol, baseline, expected_fingerprints, class_sizes)
     figures = plot(lb, out_dir)
     relative = {variant: path.name for variant, path in figures.items()}
     markdown = to_markdown(lb, relative, notes)

@@ -416,3 +416,124 @@ def test_conflict_accuracy_and_mask_precision_per_class_size(tmp_path):
     squeezed = " ".join(conflict.split())
     assert "| masker | c=0.5 | 11.0 ± 1.0 | 40.5 ± 0.7 |" in squeezed
     assert "| baseline | defaults | 10.0 ± 0.0 | 10.0 ± 0.0 |" in squeezed
+
+
+def test_class_sizes_rank_configurations_run_at_some_of_them(capsys, tmp_path):
+    # "short" ran class size 1 only: unranked on the whole protocol, ranked on
+    # class size 1, where its mean is its accuracy there.
+    rows = [
+        cell("baseline", "{}", c, s, 0.3 + 0.2 * (c == 4))
+        for c in (1, 4)
+        for s in (0, 1, 2)
+    ]
+    rows += [cell("short", "{}", 1, s, 0.40 + 0.01 * s) for s in (0, 1, 2)]
+    df = pd.DataFrame(rows)
+
+    whole = aggregate(df, TINY)
+    assert math.isnan(row_of(whole, "short")["ood_mean"])
+    assert list(whole.tables["black"]["rank"].isna()) == [False, True]
+
+    chosen = aggregate(df, TINY, class_sizes=[1])
+    assert chosen.class_sizes == (1,)
+    assert list(chosen.tables["black"]["method"]) == ["short", "baseline"]
+    assert list(chosen.tables["black"]["rank"]) == [1, 2]
+    assert row_of(chosen, "short")["ood_mean"] == pytest.approx(0.41)
+    assert row_of(chosen, "baseline")["ood_mean"] == pytest.approx(0.30)
+    assert row_of(chosen, "short")["seeds_done"] == 3
+    page = to_markdown(chosen)
+    assert "OOD @4" not in page and "Ranked on class sizes 1 only" in page
+
+    with pytest.raises(Exception, match="class size 3 is not in tiny@v2"):
+        aggregate(df, TINY, class_sizes=[1, 3])
+
+
+def test_leaderboard_command_takes_class_sizes(tmp_path, capsys):
+    path = tmp_path / "r.sqlite"
+    with ResultStore(path) as store:
+        for c in (2, 8):
+            for s in (0, 1):
+                store.put(
+                    CellRecord(
+                        **cell(
+                            "baseline",
+                            "{}",
+                            c,
+                            s,
+                            0.3,
+                            protocol="smoke",
+                            protocol_version=1,
+                            fingerprint=f"fp-{c}-{s}",
+                        )
+                    )
+                )
+    argv = [
+        "leaderboard",
+        "--results",
+        str(path),
+        "--no-download",
+        "--data-root",
+        str(tmp_path),
+    ]
+    assert main([*argv, "--class-sizes", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "OOD @8" in out and "OOD @2" not in out
+    assert main([*argv, "--class-sizes", "5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "class size 5 is not in smoke@v1" in err
+
+
+def test_configurations_keep_their_order_and_colour_everywhere(tmp_path):
+    # Parameter values in text order would read -0.5, -1.0, 0.5; by value they
+    # read -1.0, -0.5, 0.5. The white variant lacks c=-0.5.
+    values = (0.5, -0.5, -1.0)
+    rows = []
+    for variant in ("black", "white"):
+        for c in (1, 4):
+            for s in (0, 1):
+                rows.append(cell("baseline", "{}", c, s, 0.3, variant=variant))
+                for v in values:
+                    if variant == "white" and v == -0.5:
+                        continue
+                    params = canonical_params({"c": v})
+                    metrics = canonical_params({"mask_digit_mass_share": 0.1 - v / 10})
+                    rows.append(
+                        cell(
+                            "masker",
+                            params,
+                            c,
+                            s,
+                            0.3,
+                            variant=variant,
+                            metrics=metrics,
+                        )
+                    )
+    two = Protocol(
+        **{**asdict(TINY), "variants": ("black", "white"), "budget": TINY.budget}
+    )
+    board = aggregate(pd.DataFrame(rows), two)
+    order = [(m, json_value(p)) for m, p in board.configurations()]
+    assert order == [
+        ("baseline", None),
+        ("masker", -1.0),
+        ("masker", -0.5),
+        ("masker", 0.5),
+    ]
+    # All tie on OOD accuracy, so every row is in reading order.
+    black = board.tables["black"]
+    assert [json_value(p) for p in black["params"]] == [None, -1.0, -0.5, 0.5]
+
+    colours = board.colours()
+    assert len(set(colours.values())) == 4
+    publish(pd.DataFrame(rows), two, tmp_path)
+    # The mask-precision legend names each configuration once, across panels.
+    from benchmark.leaderboard import per_class_size
+
+    white = per_class_size(board, "white", "mask_digit_mass_share")
+    assert [json_value(p) for p in white["params"]] == [-1.0, 0.5]
+
+
+def json_value(params: str):
+    import json
+
+    values = json.loads(params)
+    return values.get("c") if values else None

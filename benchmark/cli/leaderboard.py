@@ -16,14 +16,17 @@ EPILOG = """examples:
   ood-bench leaderboard
   ood-bench leaderboard --protocol standard --out leaderboards/standard
   ood-bench leaderboard --protocol quick --baseline baseline
+  ood-bench leaderboard --protocol standard --class-sizes 1,8,64
 
 One table per variant: OOD accuracy at each class size (mean ± std over
 seeds), mean OOD, ID, gap, conflict accuracy, and the paired difference from
 the baseline with its 95% confidence interval (* when p < 0.05). Results of
 an older protocol version, or whose split fingerprint differs from the one
 the data give (checked when the data are found), are left out and reported
-as stale; failed cells are listed. With --out, README.md, one PNG per variant and results.csv are
-written to DIR.
+as stale; failed cells are listed. A row is ranked once it has every class
+size; --class-sizes ranks on some of them, so configurations run at only
+those class sizes can be compared. With --out, README.md, the figures and
+results.csv are written to DIR.
 """
 
 
@@ -46,6 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the method the others are tested against (default: baseline)",
     )
     parser.add_argument(
+        "--class-sizes",
+        action="append",
+        metavar="K[,K...]",
+        help="rank on these class sizes of the protocol only (default: all of them)",
+    )
+    parser.add_argument(
         "--notes",
         metavar="FILE.md",
         help="with --out: Markdown put under the title (commands, machine, wall time)",
@@ -55,9 +64,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from benchmark.leaderboard import aggregate, publish, render_rich
+    from benchmark.runner import parse_int_list
     from benchmark.store import ResultStore, default_results_path
 
     protocol = get_protocol(args.protocol) if args.protocol else None
+    class_sizes = parse_int_list(args.class_sizes, "--class-sizes")
     with ResultStore(args.results or default_results_path(), create=False) as store:
         df = store.frame(protocol=protocol.name if protocol else None)
 
@@ -71,10 +82,15 @@ def run(args: argparse.Namespace) -> int:
             baseline=args.baseline,
             expected_fingerprints=expected,
             notes=notes,
+            class_sizes=class_sizes,
         )
     else:
         lb = aggregate(
-            df, protocol, baseline=args.baseline, expected_fingerprints=expected
+            df,
+            protocol,
+            baseline=args.baseline,
+            expected_fingerprints=expected,
+            class_sizes=class_sizes,
         )
     render_rich(lb, console)
     if args.out:
