@@ -844,70 +844,80 @@ def plot_per_class_size(
     return path
 
 
-def shortcut_sections(lb: Leaderboard, out_dir: str | Path) -> str:
-    """Markdown (with figures written to ``out_dir``) for conflict accuracy and
-    mask precision per class size; empty when neither has two class sizes."""
-    out_dir = Path(out_dir)
-    lines: list[str] = []
-    conflict = {v: per_class_size(lb, v, "conflict_test_acc") for v in lb.tables}
-    if any(not t.empty for t in conflict.values()):
-        figure = plot_per_class_size(
-            lb, "conflict_test_acc", out_dir / "conflict.png", "conflict accuracy (%)"
-        )
-        lines += [
-            "## Shortcut reliance: conflict accuracy",
-            "",
-            (
-                "Accuracy on unseen digits drawn on backgrounds from another class's "
-                "training pool, so the background points to a wrong digit: near 0% "
-                "means the model reads the background, near ID accuracy means it "
-                "reads the digit. Mean ± std over seeds, in %."
-            ),
-            "",
-        ]
-        if figure:
-            lines += [f"![Conflict accuracy vs class size]({figure.name})", ""]
-        for variant, table in conflict.items():
-            if not table.empty:
-                lines += [f"### {_variant_title(variant)}", ""]
-                lines += [_class_size_markdown(lb, table), ""]
+def _section(
+    lb: Leaderboard,
+    column: str,
+    figure: Path,
+    title: str,
+    ylabel: str,
+    text: str,
+    reference: str | None = None,
+) -> list[str]:
+    """Markdown lines for one per-class-size measure: a heading, what it means,
+    a figure and one table per variant; empty when no configuration has the
+    measure at two class sizes. ``reference`` (another column, such as the
+    share of digit pixels) is drawn dashed and added as a last table row."""
+    tables = {v: per_class_size(lb, v, column) for v in lb.tables}
+    if all(t.empty for t in tables.values()):
+        return []
+    drawn = plot_per_class_size(lb, column, figure, ylabel, reference=reference)
+    lines = [f"## {title}", "", text, ""]
+    if drawn:
+        lines += [f"![{title} vs class size]({drawn.name})", ""]
+    for variant, table in tables.items():
+        if table.empty:
+            continue
+        ref = per_class_size(lb, variant, reference) if reference else pd.DataFrame()
+        if not ref.empty:
+            row = {"method": reference.replace("_", " "), "params": "{}"}
+            for c in lb.class_sizes:
+                row[str(c)], row[f"{c}_std"] = ref[str(c)].mean(), math.nan
+            table = pd.concat([table, pd.DataFrame([row])], ignore_index=True)
+        lines += [f"### {_variant_title(variant)}", "", _class_size_markdown(lb, table)]
+        lines.append("")
+    return lines
 
-    masks = {v: per_class_size(lb, v, "mask_digit_mass_share") for v in lb.tables}
-    if any(not t.empty for t in masks.values()):
-        figure = plot_per_class_size(
-            lb,
-            "mask_digit_mass_share",
-            out_dir / "mask-precision.png",
-            "mask mass on digit pixels (%)",
-            reference="digit_pixel_share",
-        )
-        lines += [
-            "## Mask precision",
-            "",
-            (
-                "Share of the mask's total mass that falls on digit pixels (digit "
-                "intensity above one half) over the whole ood_test split; compositing "
-                "knows those pixels exactly. A mask of all ones scores the share of "
-                "pixels that are digit, given in the row `digit pixels`. Mean ± std "
-                "over seeds, in %."
-            ),
-            "",
-        ]
-        if figure:
-            lines += [f"![Mask precision vs class size]({figure.name})", ""]
-        for variant, table in masks.items():
-            if table.empty:
-                continue
-            share = per_class_size(lb, variant, "digit_pixel_share")
-            if not share.empty:
-                reference = {"method": "digit pixels", "params": "{}"}
-                for c in lb.class_sizes:
-                    reference[str(c)] = share[str(c)].mean()
-                    reference[f"{c}_std"] = math.nan
-                reference = pd.DataFrame([reference])
-                table = pd.concat([table, reference], ignore_index=True)
-            lines += [f"### {_variant_title(variant)}", ""]
-            lines += [_class_size_markdown(lb, table), ""]
+
+def shortcut_sections(lb: Leaderboard, out_dir: str | Path) -> str:
+    """Markdown (with figures written to ``out_dir``) for conflict accuracy,
+    mask precision and how much background the masks let through, per class
+    size; empty when none has two class sizes."""
+    out_dir = Path(out_dir)
+    lines = _section(
+        lb,
+        "conflict_test_acc",
+        out_dir / "conflict.png",
+        "Shortcut reliance: conflict accuracy",
+        "conflict accuracy (%)",
+        "Accuracy on unseen digits drawn on backgrounds from "
+        "another class's training pool, so the background points to a wrong "
+        "digit. Near 0% means the model reads the background, near ID accuracy "
+        "means it reads the digit. Mean ± std over seeds, in %.",
+    )
+    lines += _section(
+        lb,
+        "mask_digit_mass_share",
+        out_dir / "mask-precision.png",
+        "Mask precision",
+        "mask mass on digit pixels (%)",
+        "The share of the mask's total mass that falls on digit "
+        "pixels (digit intensity above one half) over the whole ood_test split; "
+        "compositing knows those pixels exactly. A uniform mask, all ones "
+        "included, scores the share of pixels that are digit (the row "
+        "`digit pixel share`). Mean ± std over seeds, in %.",
+        reference="digit_pixel_share",
+    )
+    lines += _section(
+        lb,
+        "mask_mean_on_background",
+        out_dir / "mask-background.png",
+        "Mask on background pixels",
+        "mean mask on background pixels (%)",
+        "The mean mask value on background pixels of ood_test, in %: 100 means "
+        "the background reaches the classifier unchanged (together with a mean "
+        "near 100 on digit pixels, the mask is all ones), 0 that it is masked "
+        "out. Mean ± std over seeds.",
+    )
     return "\n".join(lines)
 
 

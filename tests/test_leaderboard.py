@@ -495,7 +495,12 @@ def test_configurations_keep_their_order_and_colour_everywhere(tmp_path):
                     if variant == "white" and v == -0.5:
                         continue
                     params = canonical_params({"c": v})
-                    metrics = canonical_params({"mask_digit_mass_share": 0.1 - v / 10})
+                    metrics = canonical_params(
+                        {
+                            "mask_digit_mass_share": 0.1 - v / 10,
+                            "mask_mean_on_background": 0.25 * c,
+                        }
+                    )
                     rows.append(
                         cell(
                             "masker",
@@ -525,6 +530,10 @@ def test_configurations_keep_their_order_and_colour_everywhere(tmp_path):
     colours = board.colours()
     assert len(set(colours.values())) == 4
     publish(pd.DataFrame(rows), two, tmp_path)
+    page = " ".join((tmp_path / "README.md").read_text().split())
+    background = page.split("## Mask on background pixels")[1]
+    assert "| masker | c=-1.0 | 25.0 ± 0.0 | 100.0 ± 0.0 |" in background
+    assert (tmp_path / "mask-background.png").stat().st_size > 1000
     # The mask-precision legend names each configuration once, across panels.
     from benchmark.leaderboard import per_class_size
 
