@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-# Throughput results by (model, pipeline): images/s at the min and median round.
-THROUGHPUT: dict[tuple[str, str], dict[str, float]] = {}
+# Throughput results by (model, intra-op threads, pipeline): images/s at the
+# min and median round.
+THROUGHPUT: dict[tuple[str, int, str], dict[str, float]] = {}
 # Other figures (load times, memory) by name, with their unit.
 FIGURES: dict[str, tuple[float, str]] = {}
 
@@ -65,6 +66,18 @@ def standard_cell(workspace):
     return engine.cell_tensors(cell, workspace.bank)["train"]
 
 
+@pytest.fixture
+def threads(request):
+    """Run with this many intra-op threads (the test's parameter), then restore
+    the setting."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
 def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
@@ -76,29 +89,28 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     terminalreporter.section("ood-bench performance summary")
     write(f"load average now: {load_average()}")
     if THROUGHPUT:
-        pipelines = sorted({p for _, p in THROUGHPUT}, key=PIPELINE_ORDER.index)
+        pipelines = sorted({p for *_, p in THROUGHPUT}, key=PIPELINE_ORDER.index)
         write("images/s, min-time round / median round:")
         write(
-            f"{'model':<10}"
+            f"{'model':<10}{'threads':>8}"
             + "".join(f"{p:>20}" for p in pipelines)
             + f"{'a/b':>12}{'a/c':>12}"
         )
-        for model in dict.fromkeys(m for m, _ in THROUGHPUT):
-            row = f"{model:<10}"
+        for model, threads in dict.fromkeys((m, t) for m, t, _ in THROUGHPUT):
+            row = f"{model:<10}{threads:>8}"
             for p in pipelines:
-                r = THROUGHPUT.get((model, p))
+                r = THROUGHPUT.get((model, threads, p))
                 row += (
                     f"{r['best']:>11,.0f} / {r['median']:<6,.0f}" if r else f"{'-':>20}"
                 )
+            a = THROUGHPUT.get((model, threads, "harness"))
             for other in ("bare", "per_sample"):
-                a, o = (
-                    THROUGHPUT.get((model, "harness")),
-                    THROUGHPUT.get((model, other)),
-                )
+                o = THROUGHPUT.get((model, threads, other))
                 row += f"{a['best'] / o['best']:>12.2f}" if a and o else f"{'-':>12}"
             write(row)
         write(
-            "a/b = harness / bare loop (target >= 0.95); a/c = harness / per-sample (>= 1.6)"
+            "a/b = harness / bare loop (target >= 0.95); "
+            "a/c = harness / per-sample (>= 1.6)"
         )
     for name, (value, unit) in FIGURES.items():
         write(f"{name}: {value:,.2f} {unit}")

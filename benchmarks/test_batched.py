@@ -13,7 +13,6 @@ from __future__ import annotations
 import statistics
 
 import pytest
-import torch
 
 from benchmark import engine
 from benchmark.protocol import STANDARD
@@ -29,15 +28,6 @@ def seed_splits(workspace):
     """The train splits of the standard cell for three seeds."""
     cells = [workspace.splits(STANDARD, "black", 16, seed) for seed in SEEDS]
     return [engine.cell_tensors(cell, workspace.bank)["train"] for cell in cells]
-
-
-@pytest.fixture
-def threads(request):
-    """Run with this many intra-op threads, then restore the setting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("how", ["one_after_another", "stacked"])

@@ -1,5 +1,6 @@
 """Using both cores: one process with every core as intra-op threads against one
-worker process per core with a thread each, on a sweep of four quick cells."""
+worker process per core with a thread each, timed end to end through the
+command line (process start, data load, training, evaluation, storage)."""
 
 from __future__ import annotations
 
@@ -12,21 +13,27 @@ import pytest
 
 from benchmarks.conftest import FIGURES, load_average
 
+# The cells each sweep runs: four quick cells, or two standard ones.
+SWEEPS = {
+    "quick": ["--class-sizes", "4,64", "--seeds", "0,1"],
+    "standard": ["--class-sizes", "16", "--seeds", "0,1", "--variant", "black"],
+}
+PARAMS = {"baseline": [], "masker": ["--param", "c=-1"]}
+
 
 @pytest.mark.parametrize("jobs", [1, 2])
-@pytest.mark.parametrize("method", ["baseline", "masker"])
-def test_quick_sweep(benchmark, data_root, tmp_path, quick, method, jobs):
-    """Wall time of four quick cells (class sizes 4 and 64, seeds 0 and 1)."""
+@pytest.mark.parametrize("method", list(PARAMS))
+@pytest.mark.parametrize("protocol", list(SWEEPS))
+def test_sweep(benchmark, data_root, tmp_path, quick, protocol, method, jobs):
+    """Wall time of a small sweep with ``--jobs 1`` (one process, two threads)
+    and ``--jobs 2`` (two single-threaded worker processes)."""
     if quick:
-        pytest.skip("four cells take minutes")
+        pytest.skip("each sweep takes minutes")
     command = [
         sys.executable, "-m", "benchmark", "run", "--method", method,
-        "--param", "c=-1" if method == "masker" else "", "--protocol", "quick",
-        "--class-sizes", "4,64", "--seeds", "0,1", "--jobs", str(jobs), "-q",
+        *PARAMS[method], "--protocol", protocol, *SWEEPS[protocol],
+        "--jobs", str(jobs), "-q",
     ]  # fmt: skip
-    if method != "masker":
-        command.remove("--param")
-        command.remove("")
     env = {**os.environ, "OOD_BENCH_DATA": str(data_root)}
     rounds = iter(range(100))
 
@@ -38,4 +45,5 @@ def test_quick_sweep(benchmark, data_root, tmp_path, quick, method, jobs):
     benchmark.pedantic(sweep, rounds=1, iterations=1)
     seconds = time.perf_counter() - started
     benchmark.extra_info["load_average"] = load_average()
-    FIGURES[f"4 quick cells of {method}, --jobs {jobs} (s)"] = (seconds, "s")
+    cells = "4 quick cells" if protocol == "quick" else "2 standard cells"
+    FIGURES[f"{cells} of {method}, --jobs {jobs} (s)"] = (seconds, "s")
