@@ -702,7 +702,8 @@ def plot(lb: Leaderboard, out_dir: str | Path) -> dict[str, Path]:
                     [row[f"{split}_{c}"] for c in sizes],
                     [row[f"{split}_{c}_std"] for c in sizes],
                     colours[config],
-                    # One legend entry per configuration; the title tells the styles apart.
+                    # One legend entry per configuration; the title says which
+                    # line style is which.
                     _label(*config) if split == "ood" else "_nolegend_",
                     linestyle=style,
                 )
