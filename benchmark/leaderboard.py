@@ -651,13 +651,19 @@ def _label(method: str, params: str) -> str:
 
 
 def _draw_curve(ax, sizes, means, stds, colour, label, linestyle="-") -> None:
-    """A line through the class sizes that have a value, with ± std bars."""
+    """A line through the class sizes that have a value, with ± std bars.
+
+    Every value drawn is a share, so the bars stop at 0% and 100%: one
+    collapsed seed can make the std larger than the distance to either end.
+    """
     means, stds = np.asarray(means, dtype=float), np.asarray(stds, dtype=float)
     present = ~np.isnan(means)
+    mean, std = means[present], np.nan_to_num(stds[present])
+    below, above = np.minimum(std, mean), np.minimum(std, 1.0 - mean)
     ax.errorbar(
         sizes[present],
-        100 * means[present],
-        yerr=100 * np.nan_to_num(stds[present]),
+        100 * mean,
+        yerr=100 * np.stack([below, above]),
         color=colour,
         linestyle=linestyle,
         marker="o",

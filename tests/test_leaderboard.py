@@ -546,3 +546,20 @@ def json_value(params: str):
 
     values = json.loads(params)
     return values.get("c") if values else None
+
+
+def test_error_bars_stop_at_0_and_100_percent():
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from benchmark.leaderboard import _draw_curve
+
+    fig, ax = plt.subplots()
+    # one collapsed seed: mean 0.70, std 0.52 would draw a bar up to 122%
+    _draw_curve(ax, np.array([1, 2]), [0.995, 0.70], [0.01, 0.52], "C0", "m")
+    bars = ax.containers[0].lines[2][0].get_segments()
+    tops = [max(y for _, y in segment) for segment in bars]
+    bottoms = [min(y for _, y in segment) for segment in bars]
+    plt.close(fig)
+    assert max(tops) == pytest.approx(100.0)
+    assert bottoms[1] == pytest.approx(18.0)  # the lower side keeps its std
