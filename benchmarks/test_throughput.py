@@ -9,12 +9,13 @@ default on CPU; two is one process using both cores of the reference machine.
 from __future__ import annotations
 
 import statistics
+import time
 
 import pytest
 
 from benchmark.protocol import STANDARD
 from benchmarks import pipelines
-from benchmarks.conftest import THROUGHPUT, load_average
+from benchmarks.conftest import FIGURES, THROUGHPUT, load_average
 
 MODELS = {"baseline": {}, "masker": {"c": -1.0}}
 PIPELINES = {
@@ -55,3 +56,56 @@ def test_training_throughput(
                 ratio = result["best"] / THROUGHPUT[(model, threads, other)]["best"]
                 benchmark.extra_info[f"ratio_vs_{other}"] = round(ratio, 3)
                 benchmark.extra_info[f"target_vs_{other}"] = target
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+def test_ratios_from_interleaved_rounds(
+    benchmark, workspace, standard_cell, quick, threads, model
+):
+    """a/b and a/c from rounds that each run the bare loop, the per-sample
+    pipeline and the harness, in an order that rotates from round to round.
+
+    The benchmarks above run every round of one pipeline before the next
+    pipeline starts, so anything that changes the machine's speed between them
+    (another tenant of the host, the CPU's clock) lands on one side of a ratio
+    only; on the shared virtual machines measured, that moved a/b by more than
+    0.1 from one run to the next. In every round here the three pipelines run
+    back to back, so such changes reach all three, and the rotation keeps the
+    after-effects of one pipeline (caches, idle threads) off any single other.
+    """
+    steps, rounds = (10, 2) if quick else (40, 9)
+    method, params = workspace.registry.get(model), MODELS[model]
+    runs = {
+        name: PIPELINES[name](method, params, standard_cell, STANDARD.budget, steps)
+        for name in ("bare", "per_sample", "harness")
+    }
+    times: dict[str, list[float]] = {name: [] for name in runs}
+
+    names = list(runs)
+    rotations = iter(range(1000))
+
+    def one_round() -> None:
+        # rotate the order every round, so no pipeline always follows the same one
+        shift = next(rotations) % len(names)
+        for name in names[shift:] + names[:shift]:
+            started = time.perf_counter()
+            runs[name]()
+            times[name].append(time.perf_counter() - started)
+
+    benchmark.pedantic(one_round, rounds=rounds, warmup_rounds=1)
+
+    # the first entry of each list is the warm-up round's
+    best = {name: min(t[1:]) for name, t in times.items()}
+    median = {name: statistics.median(t[1:]) for name, t in times.items()}
+    for other in ("bare", "per_sample"):
+        ratio = best[other] / best["harness"]
+        ratio_median = median[other] / median["harness"]
+        benchmark.extra_info[f"ratio_vs_{other}"] = round(ratio, 3)
+        benchmark.extra_info[f"ratio_vs_{other}_median"] = round(ratio_median, 3)
+        letter = {"bare": "a/b", "per_sample": "a/c"}[other]
+        FIGURES[f"{model}, {threads} thread(s), {letter} interleaved, min / median"] = (
+            ratio,
+            f"/ {ratio_median:.2f}",
+        )
+    benchmark.extra_info["load_average"] = load_average()
