@@ -116,9 +116,11 @@ def mask_gallery(
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(title, fontsize=9)
-    # tight_layout ignores the suptitle: keep a strip of 0.35 in free for it.
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
+    # Place the title and the layout in inches from the top: as fractions of a
+    # tall figure, suptitle's default position lands on the first row.
+    height = fig.get_figheight()
+    fig.suptitle(title, fontsize=9, y=1 - 0.08 / height, va="top")
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / height))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=150)
