@@ -1,4 +1,5 @@
-"""Figures a person looks at before and after running: sample grids and mask galleries."""
+"""Figures a person looks at before and after running: sample grids and mask
+galleries."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ SPLIT_TITLES = {
 
 
 def first_of_each_class(labels: np.ndarray, per_class: int = 1) -> list[int]:
-    """Positions of the first ``per_class`` images of each class 0..9, in class order."""
+    """Positions of the first ``per_class`` images of each class 0..9, in class
+    order."""
     rows = []
     for c in range(10):
         rows.extend(np.flatnonzero(labels == c)[:per_class].tolist())
@@ -72,7 +74,8 @@ def sample_grid(
             0, -0.45, SPLIT_TITLES[name], transform=axes[r, 0].transAxes, fontsize=8
         )
     fig.suptitle(
-        f"{cell.protocol.key} · {cell.variant.name} digits · class size {cell.class_size}"
+        f"{cell.protocol.key} · {cell.variant.name} digits"
+        f" · class size {cell.class_size}"
         f" · seed {cell.seed} · fingerprint {cell.fingerprint}",
         fontsize=9,
     )

@@ -8,6 +8,7 @@ default on CPU; two is one process using both cores of the reference machine.
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 
@@ -25,6 +26,7 @@ PIPELINES = {
     "harness": pipelines.harness,
 }
 TARGETS = {"bare": 0.95, "per_sample": 1.6}
+RATIO_NAMES = {"bare": "a/b", "per_sample": "a/c"}
 
 
 @pytest.mark.parametrize("pipeline", list(PIPELINES))
@@ -76,18 +78,17 @@ def test_ratios_from_interleaved_rounds(
     """
     steps, rounds = (10, 2) if quick else (40, 9)
     method, params = workspace.registry.get(model), MODELS[model]
+    names = ["bare", "per_sample", "harness"]
     runs = {
         name: PIPELINES[name](method, params, standard_cell, STANDARD.budget, steps)
-        for name in ("bare", "per_sample", "harness")
+        for name in names
     }
-    times: dict[str, list[float]] = {name: [] for name in runs}
-
-    names = list(runs)
-    rotations = iter(range(1000))
+    times: dict[str, list[float]] = {name: [] for name in names}
+    rounds_done = itertools.count()
 
     def one_round() -> None:
         # rotate the order every round, so no pipeline always follows the same one
-        shift = next(rotations) % len(names)
+        shift = next(rounds_done) % len(names)
         for name in names[shift:] + names[:shift]:
             started = time.perf_counter()
             runs[name]()
@@ -98,13 +99,14 @@ def test_ratios_from_interleaved_rounds(
     # the first entry of each list is the warm-up round's
     best = {name: min(t[1:]) for name, t in times.items()}
     median = {name: statistics.median(t[1:]) for name, t in times.items()}
-    for other in ("bare", "per_sample"):
+    for other, letters in RATIO_NAMES.items():
         ratio = best[other] / best["harness"]
         ratio_median = median[other] / median["harness"]
         benchmark.extra_info[f"ratio_vs_{other}"] = round(ratio, 3)
         benchmark.extra_info[f"ratio_vs_{other}_median"] = round(ratio_median, 3)
-        letter = {"bare": "a/b", "per_sample": "a/c"}[other]
-        FIGURES[f"{model}, {threads} thread(s), {letter} interleaved, min / median"] = (
+        FIGURES[
+            f"{model}, {threads} thread(s), {letters} interleaved, min / median"
+        ] = (
             ratio,
             f"/ {ratio_median:.2f}",
         )

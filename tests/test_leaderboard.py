@@ -96,7 +96,9 @@ def results_table() -> pd.DataFrame:
             2,
             None,
             status="failed",
-            error="RuntimeError: CUDA out of memory\nTraceback (most recent call last):",
+            error=(
+                "RuntimeError: CUDA out of memory\nTraceback (most recent call last):"
+            ),
         )
     )
     # Stale: two baseline rows of protocol version 1, and a masker row computed
