@@ -13,7 +13,7 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,6 +123,18 @@ def seed_streams(seed: int) -> tuple[int, int, int]:
     return int(init), int(order), int(transform)
 
 
+def epoch_batches(
+    n: int, budget: Budget, seed: int, device: str | torch.device = "cpu"
+) -> Iterator[tuple[torch.Tensor, ...]]:
+    """The batches of each epoch, as row positions into a training split of ``n``
+    images, in the order a run with this seed trains on them."""
+    _, order_seed, _ = seed_streams(seed)
+    generator = torch.Generator(device="cpu").manual_seed(order_seed)
+    for _epoch in range(budget.epochs):
+        order = torch.randperm(n, generator=generator).to(device)
+        yield order.split(budget.batch_size)
+
+
 def count_trainable(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -184,8 +196,7 @@ def train(
     device = train_split.label.device
     model = build_model(method, params, seed, device)
     optimizer = make_optimizer(model, budget)
-    _, order_seed, transform_seed = seed_streams(seed)
-    order_gen = torch.Generator(device="cpu").manual_seed(order_seed)
+    _, _, transform_seed = seed_streams(seed)
     transform_gen = torch.Generator(device=device).manual_seed(transform_seed)
 
     n = len(train_split)
@@ -200,12 +211,10 @@ def train(
     model.train()
     start = time.perf_counter()
 
-    for _epoch in range(budget.epochs):
+    for batches in epoch_batches(n, budget, seed, device):
         epoch_loss.zero_()
         epoch_images = 0
-        order = torch.randperm(n, generator=order_gen).to(device)
-
-        for rows in order.split(budget.batch_size):
+        for rows in batches:
             if step == total_steps:
                 break
             x = prepare_input(train_split.images(rows))
@@ -301,9 +310,10 @@ def train_stacked(
 
     batched = vmap(forward)
     optimizer = make_optimizer(list(stacked.values()), budget)
-    streams = [seed_streams(seed) for seed in seeds]
-    order_gens = [torch.Generator(device="cpu").manual_seed(s[1]) for s in streams]
-    transform_gens = [torch.Generator(device=device).manual_seed(s[2]) for s in streams]
+    transform_gens = [
+        torch.Generator(device=device).manual_seed(seed_streams(seed)[2])
+        for seed in seeds
+    ]
 
     size = len(seeds)
     steps_per_epoch = math.ceil(n / budget.batch_size)
@@ -316,13 +326,10 @@ def train_stacked(
     diverged_at: list[int | None] = [None] * size
     start = time.perf_counter()
 
-    for _epoch in range(budget.epochs):
+    member_epochs = [epoch_batches(n, budget, seed, device) for seed in seeds]
+    for orders in zip(*member_epochs):
         epoch_loss.zero_()
         epoch_images = 0
-        orders = [
-            torch.randperm(n, generator=g).to(device).split(budget.batch_size)
-            for g in order_gens
-        ]
         for member_rows in zip(*orders):
             if step == total_steps:
                 break
