@@ -15,6 +15,8 @@ import pytest
 # Throughput results by (model, intra-op threads, pipeline): images/s at the
 # min and median round.
 THROUGHPUT: dict[tuple[str, int, str], dict[str, float]] = {}
+# The same from the interleaved rounds: images/s at the median round.
+INTERLEAVED: dict[tuple[str, int, str], float] = {}
 # Other figures (load times, memory) by name, with their unit.
 FIGURES: dict[str, tuple[float, str]] = {}
 
@@ -83,7 +85,7 @@ def load_average() -> str:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
-    if not THROUGHPUT and not FIGURES:
+    if not THROUGHPUT and not INTERLEAVED and not FIGURES:
         return
     write = terminalreporter.write_line
     terminalreporter.section("ood-bench performance summary")
@@ -112,6 +114,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
             "a/b = harness / bare loop (target >= 0.95); "
             "a/c = harness / per-sample (>= 1.6)"
         )
+    if INTERLEAVED:
+        write("images/s at the median interleaved round (bare, per-sample, harness):")
+        for model, threads in dict.fromkeys((m, t) for m, t, _ in INTERLEAVED):
+            rates = [
+                INTERLEAVED[(model, threads, p)]
+                for p in PIPELINE_ORDER
+                if (model, threads, p) in INTERLEAVED
+            ]
+            write(f"{model:<10}{threads:>8}" + "".join(f"{r:>12,.0f}" for r in rates))
     for name, (value, unit) in FIGURES.items():
         write(f"{name}: {value:,.2f} {unit}")
 

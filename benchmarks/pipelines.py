@@ -4,11 +4,13 @@ Each pipeline builds a fresh model and optimizer from the cell's seed and runs
 a fixed number of optimizer steps; only the way images reach the model differs:
 the harness (``engine.train``), a bare loop over images composited beforehand,
 and per-sample compositing behind a ``DataLoader`` as research code often does.
+Each returns what it trained: the model and how many images it saw.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +20,13 @@ from torch.utils.data import DataLoader, Dataset
 from benchmark import engine
 from benchmark.protocol import Budget
 
-Pipeline = Callable[[], int]  # runs the steps, returns the images trained on
+
+class Trained(NamedTuple):
+    images: int  # images trained on
+    model: nn.Module
+
+
+Pipeline = Callable[[], Trained]
 
 
 def harness(
@@ -26,9 +34,9 @@ def harness(
 ):
     """The harness itself: ``engine.train`` cut short after ``steps`` steps."""
 
-    def run() -> int:
+    def run() -> Trained:
         outcome = engine.train(method, params, split, budget, seed=0, max_steps=steps)
-        return outcome.steps * budget.batch_size
+        return Trained(outcome.steps * budget.batch_size, outcome.model)
 
     return run
 
@@ -38,18 +46,20 @@ def bare(
 ) -> Pipeline:
     """The limit for the model: stepping over float images already in memory.
 
-    The images are composited once, here, outside the timed part; the model
-    gets the same input preparation as in the harness, so the gap between the
-    two is the harness's own cost.
+    The images are the harness's own first ``steps`` batches, in its order,
+    composited once, here, outside the timed part; the model gets the same
+    input preparation as in the harness. The two therefore do the same
+    arithmetic and end with the same weights, and the gap between them is the
+    harness's own cost.
     """
-    generator = torch.Generator().manual_seed(0)
-    rows = torch.randperm(len(split), generator=generator)[: steps * budget.batch_size]
-    images = engine.prepare_input(split.images(rows))
-    batches = list(
-        zip(images.split(budget.batch_size), split.label[rows].split(budget.batch_size))
-    )
+    first_epoch = next(engine.epoch_batches(len(split), budget, seed=0))
+    rows = first_epoch[:steps]
+    images = engine.prepare_input(split.images(torch.cat(rows)))
+    labels = split.label.index_select(0, torch.cat(rows))
+    sizes = [len(r) for r in rows]
+    batches = list(zip(images.split(sizes), labels.split(sizes)))
 
-    def run() -> int:
+    def run() -> Trained:
         model = engine.build_model(method, params, 0, images.device)
         optimizer = engine.make_optimizer(model, budget)
         model.train()
@@ -58,7 +68,7 @@ def bare(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        return len(images)
+        return Trained(len(images), model)
 
     return run
 
@@ -109,7 +119,7 @@ def per_sample(
         generator=torch.Generator().manual_seed(0),
     )
 
-    def run() -> int:
+    def run() -> Trained:
         torch.manual_seed(engine.seed_streams(0)[0])
         model: nn.Module = method.build_model(dict(params))
         optimizer = engine.make_optimizer(model, budget)
@@ -123,6 +133,6 @@ def per_sample(
             loss.backward()
             optimizer.step()
             seen += len(y)
-        return seen
+        return Trained(seen, model)
 
     return run
