@@ -32,7 +32,8 @@ EVAL_BATCH_SIZE = 1000
 
 @dataclass(frozen=True)
 class ImageBank:
-    """Every digit (zero-padded to 32x32) and background, as uint8 tensors on one device."""
+    """Every digit (zero-padded to 32x32) and background, as uint8 tensors on
+    one device."""
 
     digits: dict[str, torch.Tensor]  # "train"/"test" -> uint8 [N, 32, 32]
     backgrounds: dict[str, torch.Tensor]  # "train"/"test" -> uint8 [M, 3, 32, 32]
@@ -93,7 +94,8 @@ class SplitTensors:
         return len(self.label)
 
     def images(self, rows: torch.Tensor) -> torch.Tensor:
-        """Composite the images at positions ``rows`` of this split: float [B, 3, 32, 32]."""
+        """Composite the images at positions ``rows`` of this split: float
+        [B, 3, 32, 32]."""
         # index_select gathers whole rows an order of magnitude faster on CPU
         # than advanced indexing, which goes element by element.
         digit_rows = self.digit_index.index_select(0, rows)
@@ -140,7 +142,8 @@ def count_trainable(model: nn.Module) -> int:
 
 
 def make_optimizer(model, budget: Budget) -> torch.optim.Optimizer:
-    """The protocol's optimizer over a model's parameters (or an iterable of tensors)."""
+    """The protocol's optimizer over a model's parameters (or an iterable of
+    tensors)."""
     params = model.parameters() if isinstance(model, nn.Module) else model
     if budget.optimizer == "adam":
         return torch.optim.Adam(params, lr=budget.lr, weight_decay=budget.weight_decay)

@@ -53,10 +53,10 @@ def bare(
     harness's own cost.
     """
     first_epoch = next(engine.epoch_batches(len(split), budget, seed=0))
-    rows = first_epoch[:steps]
-    images = engine.prepare_input(split.images(torch.cat(rows)))
-    labels = split.label.index_select(0, torch.cat(rows))
-    sizes = [len(r) for r in rows]
+    sizes = [len(r) for r in first_epoch[:steps]]
+    rows = torch.cat(first_epoch[:steps])
+    images = engine.prepare_input(split.images(rows))
+    labels = split.label.index_select(0, rows)
     batches = list(zip(images.split(sizes), labels.split(sizes)))
 
     def run() -> Trained:
