@@ -9,6 +9,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from benchmark import Method, hookimpl
+from benchmark.pooling import MaxPool2x2
 
 
 class LeNet5(nn.Module):
@@ -18,18 +19,18 @@ class LeNet5(nn.Module):
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(3, 6, kernel_size=5),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
+            nn.ReLU(inplace=True),
+            MaxPool2x2(),
             nn.Conv2d(6, 16, kernel_size=5),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
+            nn.ReLU(inplace=True),
+            MaxPool2x2(),
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),
             nn.Linear(16 * 5 * 5, 120),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             nn.Linear(120, 84),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             nn.Linear(84, n_classes),
         )
 

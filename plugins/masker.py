@@ -25,9 +25,9 @@ class MaskedLeNet5(nn.Module):
         self.shift = shift
         self.masker = nn.Sequential(
             nn.Conv2d(3, 16, kernel_size=3, padding=1),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             nn.Conv2d(16, 16, kernel_size=3, padding=1),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             nn.Conv2d(16, 1, kernel_size=3, padding=1),
             nn.Sigmoid(),
         )
