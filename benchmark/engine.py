@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.allocator import keep_freed_memory
 from benchmark.compose import composite, pad_digits
 from benchmark.protocol import Budget
 from benchmark.splits import CellSplits, Split
@@ -195,7 +196,10 @@ def train(
     ``on_step(done, total)`` is called after every optimizer step (for progress
     bars). Training stops early, marked diverged, if the loss is not finite.
     ``max_steps`` cuts training short after that many steps (for benchmarks).
+    The first call in a process keeps freed memory in it (``benchmark.allocator``),
+    which makes steps faster and changes no result.
     """
+    keep_freed_memory()
     device = train_split.label.device
     model = build_model(method, params, seed, device)
     optimizer = make_optimizer(model, budget)
@@ -303,6 +307,7 @@ def train_stacked(
     n = len(splits[0])
     if any(len(split) != n for split in splits):
         raise ValueError("stacked members must have training splits of one size")
+    keep_freed_memory()
     device = splits[0].label.device
     members = [build_model(method, params, seed, device) for seed in seeds]
     stacked, buffers = stack_module_state(members)
