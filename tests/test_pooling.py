@@ -1,5 +1,6 @@
 """MaxPool2x2 gives the bits nn.MaxPool2d(2) gives, forward and backward, and the
-built-in models train to the bits of their plain torch form."""
+built-in models train to the bits of their plain torch form. The compiled loops
+are tested on every CPU, including those on which MaxPool2x2 leaves them out."""
 
 from __future__ import annotations
 
@@ -12,11 +13,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from benchmark import engine
-from benchmark.pooling import MaxPool2x2, _compiled_path_takes
+from benchmark import engine, pooling
+from benchmark.pooling import MaxPool2x2, _compiled_path_takes, _loops_cover
 from benchmark.protocol import STANDARD
 
 CL = torch.channels_last
+
+
+@pytest.fixture
+def loops_on_any_cpu(monkeypatch):
+    """MaxPool2x2 takes the compiled loops for every input they cover, on CPUs
+    where it would otherwise leave them to PyTorch's kernel."""
+    monkeypatch.setattr(pooling, "_loops_faster_here", lambda: True)
 
 
 @pytest.fixture
@@ -47,10 +55,11 @@ def awkward_input(shape, seed: int) -> torch.Tensor:
     return torch.where(use_pool, pool[choice], x)
 
 
-def pool_both(x: torch.Tensor, grad_seed: int):
-    """Output and input gradient from MaxPool2x2 and from F.max_pool2d."""
+def pool_both(x: torch.Tensor, grad_seed: int, ours=None):
+    """Output and input gradient from ``ours`` (MaxPool2x2 unless given) and
+    from F.max_pool2d."""
     results = []
-    for pool in (MaxPool2x2(), nn.MaxPool2d(2)):
+    for pool in (ours or MaxPool2x2(), nn.MaxPool2d(2)):
         leaf = x.clone().requires_grad_()
         out = pool(leaf)
         g = torch.Generator().manual_seed(grad_seed)
@@ -75,10 +84,11 @@ def test_compiled_pooling_matches_torch_bit_for_bit(n, c, h, w, seed):
     try:
         x = awkward_input((n, c, h, w), seed).contiguous(memory_format=CL)
         if x.is_contiguous():  # c == 1 or h == w == 1: not telling layouts apart
-            assert not _compiled_path_takes(x)
+            assert not _loops_cover(x)
             return
-        assert _compiled_path_takes(x)
-        (ours, our_grad), (theirs, their_grad) = pool_both(x, seed + 1)
+        assert _loops_cover(x)
+        loops = pooling._MaxPool2x2.apply
+        (ours, our_grad), (theirs, their_grad) = pool_both(x, seed + 1, loops)
     finally:
         torch.set_num_threads(before)
 
@@ -91,7 +101,7 @@ def test_compiled_pooling_matches_torch_bit_for_bit(n, c, h, w, seed):
 @pytest.mark.parametrize(
     "case", ["contiguous layout", "float64", "two threads", "under vmap"]
 )
-def test_inputs_the_loops_do_not_cover_go_to_torch(one_thread, case):
+def test_inputs_the_loops_do_not_cover_go_to_torch(loops_on_any_cpu, one_thread, case):
     x = awkward_input((2, 6, 8, 8), seed=3).contiguous(memory_format=CL)
     if case == "contiguous layout":
         x = x.contiguous()
@@ -111,7 +121,7 @@ def test_inputs_the_loops_do_not_cover_go_to_torch(one_thread, case):
     assert torch.equal(bits(our_grad), bits(their_grad))
 
 
-def test_no_grad_pooling_gives_the_same_values(one_thread):
+def test_no_grad_pooling_gives_the_same_values(loops_on_any_cpu, one_thread):
     x = awkward_input((4, 6, 28, 28), seed=5).contiguous(memory_format=CL)
     with torch.no_grad():
         assert torch.equal(bits(MaxPool2x2()(x)), bits(F.max_pool2d(x, 2)))
@@ -119,7 +129,7 @@ def test_no_grad_pooling_gives_the_same_values(one_thread):
 
 @pytest.mark.parametrize("name, params", [("baseline", {}), ("masker", {"c": -1.0})])
 def test_training_on_real_data_ends_with_the_weights_torch_pooling_gives(
-    real_workspace, one_thread, name, params
+    real_workspace, loops_on_any_cpu, one_thread, name, params
 ):
     """A built-in model trains on a real split to the bits its plain torch form
     (nn.MaxPool2d, ReLU not in place) gives, so the faster form leaves results
@@ -150,3 +160,11 @@ def test_training_on_real_data_ends_with_the_weights_torch_pooling_gives(
     reference_weights = theirs.model.state_dict()
     for key, value in ours.model.state_dict().items():
         assert torch.equal(bits(value), bits(reference_weights[key])), key
+
+
+def test_loops_serve_only_cpus_with_avx512_kernels(one_thread):
+    """Where PyTorch runs its AVX2 kernels, its own max pooling was the faster."""
+    x = awkward_input((2, 6, 8, 8), seed=6).contiguous(memory_format=CL)
+    assert _loops_cover(x)
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert _compiled_path_takes(x) == capability.startswith("AVX512")
