@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 
@@ -18,8 +19,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 # Allocates and frees a step's worth of activation-sized buffers (8 MB and
-# 2 MB, as the masker's) again and again, and counts the page faults once the
-# heap has settled: with freed memory kept, every step reuses mapped pages.
+# 2 MB, as the masker's) again and again, and counts the page faults of each
+# step once the heap has settled: with freed memory kept, a step reuses mapped
+# pages. The heap may still grow by a 2 MiB chunk (512 faults) in a step now
+# and then; that is not the failure, which faults every step.
 STEPS = """
 import json, resource, sys
 import torch
@@ -34,11 +37,12 @@ def step():
 
 for _ in range(5):
     step()  # the heap grows to the step's peak over the first few
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+faults = []
 for _ in range(10):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     step()
-faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-json.dump({"kept": kept, "faults_per_step": faults / 10}, sys.stdout)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+json.dump({"kept": kept, "faults": faults}, sys.stdout)
 """
 
 
@@ -61,9 +65,9 @@ def test_kept_memory_serves_the_next_step_without_page_faults():
     result = run_steps({})
     assert result["kept"] is True
     # the buffers span 15,360 pages; with glibc's defaults some processes
-    # fault nearly all of them in again every step (12,257 a step on an AVX2
-    # machine, in two of six processes; none in the other four)
-    assert result["faults_per_step"] < 100
+    # fault nearly all of them in again every step (12,256 a step on an AVX2
+    # machine, in one or two of six processes; none in the others)
+    assert statistics.median(result["faults"]) < 100, result["faults"]
 
 
 def test_a_users_own_malloc_settings_stand():
