@@ -196,8 +196,8 @@ def git_commit() -> str | None:
 
 def device_name(device: torch.device) -> str:
     """The device as results record it: for a CPU, its architecture, the vector
-    instructions torch's kernels use (they change summation order, so results
-    differ in the last bits between, say, AVX2 and AVX512) and the thread count."""
+    instructions torch's kernels use (they change summation order, so the same
+    cell gives other figures on, say, AVX2 than on AVX512) and the thread count."""
     if device.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(device)}"
     machine = platform.processor() or platform.machine()
