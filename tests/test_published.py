@@ -1,7 +1,8 @@
-"""The published study reproduces: one of its cells, recomputed with the code as
-it is now on the kind of CPU that produced it, gives the stored figures bit for
-bit. A change to the data pipeline, the splits, the engine or a built-in method
-that would move published numbers fails here.
+"""The published study holds: one of its cells, recomputed with the code as it
+is now on the kind of CPU that produced it, gives the stored figures bit for
+bit, and its page is what ``ood-bench leaderboard`` writes for the stored rows.
+A change to the data pipeline, the splits, the engine or a built-in method that
+would move published numbers fails here, and so does a page edited by hand.
 
 Figures only repeat on the same kind of CPU and thread count (README, "Known
 limits"), so the test picks the cheapest stored cell whose device is this
@@ -87,3 +88,19 @@ def test_a_published_cell_reproduces_bit_for_bit(real_workspace, tmp_path, one_t
     cell = f"{row['method']} {row['params']} {row['variant']} k={row['class_size']}"
     for figure in FIGURES:
         assert getattr(record, figure) == row[figure], f"{cell}: {figure}"
+
+
+def test_the_published_page_is_what_the_leaderboard_command_writes(data_root, tmp_path):
+    """leaderboards/standard/README.md and results.csv are the command's output
+    for the stored results and NOTES.md, not hand edits that could drift."""
+    from benchmark.cli import main
+
+    study = STUDY.parent
+    copy = tmp_path / "study.sqlite"
+    shutil.copyfile(STUDY, copy)
+    out = tmp_path / "board"
+    argv = ["leaderboard", "--protocol", STANDARD.name, "--results", str(copy)]
+    argv += ["--out", str(out), "--notes", str(study / "NOTES.md")]
+    assert main([*argv, "--data-root", str(data_root)]) == 0
+    for name in ("README.md", "results.csv"):
+        assert (out / name).read_text() == (study / name).read_text(), name
