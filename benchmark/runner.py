@@ -257,12 +257,14 @@ def run_cell(
     workspace: Workspace | None = None,
     on_step: Callable[[int, int], None] | None = None,
 ) -> CellRecord:
-    """Train and evaluate one cell; a failing plugin gives a 'failed' record, not an exception."""
+    """Train and evaluate one cell; a failing plugin gives a 'failed' record, not
+    an exception."""
     return run_unit((task,), workspace, on_step)[0]
 
 
 def stack_key(task: CellTask) -> tuple:
-    """Cells with the same key differ only by seed and may train as one stacked model."""
+    """Cells with the same key differ only by seed and may train as one stacked
+    model."""
     return (task.protocol, task.method, task.params_json, task.variant, task.class_size)
 
 

@@ -42,6 +42,18 @@ def real_workspace(data_root):
     return Workspace.load(data_root, outside_plugins=False)
 
 
+@pytest.fixture
+def one_thread():
+    """Run with one intra-op thread, as each ``ood-bench run`` worker trains on
+    CPU, then restore the setting."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def synthetic_labels():
     """Digit labels shaped like MNIST's, without pixels: 60,000 train, 10,000 test."""

@@ -27,15 +27,6 @@ def loops_on_any_cpu(monkeypatch):
     monkeypatch.setattr(pooling, "_loops_faster_here", lambda: True)
 
 
-@pytest.fixture
-def one_thread():
-    """The compiled loops serve one intra-op thread, as each run worker has."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def bits(t: torch.Tensor) -> torch.Tensor:
     """The bit patterns, so that -0.0 and +0.0 differ and NaNs compare."""
     as_int = torch.int64 if t.dtype == torch.float64 else torch.int32

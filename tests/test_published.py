@@ -49,14 +49,6 @@ def study_rows(tmp_path) -> pd.DataFrame:
         return store.frame(STANDARD.name)
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_a_published_cell_reproduces_bit_for_bit(real_workspace, tmp_path, one_thread):
     here = device_name(torch.device("cpu"))
     rows = study_rows(tmp_path)
