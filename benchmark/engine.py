@@ -28,7 +28,11 @@ from benchmark.splits import CellSplits, Split
 
 log = logging.getLogger(__name__)
 
-EVAL_BATCH_SIZE = 1000
+# Evaluation batches of 256 keep the masker's activations in cache: it evaluates
+# in 30% less time than in batches of 1000 on the AVX-512 CPU measured
+# (benchmarks/test_evaluation.py), with the same logits bit for bit
+# (tests/test_engine.py), so stored accuracies do not depend on the size.
+EVAL_BATCH_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -426,6 +430,10 @@ def evaluate(
 
 # A pixel counts as digit where the digit's intensity is above one half.
 DIGIT_THRESHOLD = 0.5
+# Mask sums are taken over this many rows at a time, whatever the batch the
+# masks are computed in, so the figures keep their last digits when the
+# evaluation batch size changes.
+MASK_SUM_ROWS = 1000
 
 
 @torch.no_grad()
@@ -447,8 +455,10 @@ def mask_stats(
     model.eval()
     on_digit = total = digit_pixels = pixels = 0.0
     rows_all = torch.arange(len(split), device=split.label.device)
-    for rows in rows_all.split(batch_size):
-        masks = mask_of(prepare_input(split.images(rows))).double()
+    for rows in rows_all.split(MASK_SUM_ROWS):
+        masks = torch.cat(
+            [mask_of(prepare_input(split.images(r))) for r in rows.split(batch_size)]
+        ).double()
         alpha = split.digits.index_select(0, split.digit_index.index_select(0, rows))
         digit = (alpha.double() / 255 > DIGIT_THRESHOLD).unsqueeze(1)
         digit = digit.expand_as(masks)

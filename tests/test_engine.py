@@ -78,3 +78,79 @@ def test_cpu_device_name_records_vector_instructions_and_threads():
     capability = torch.backends.cpu.get_cpu_capability()
     assert name.startswith("cpu:") and f":{capability}:" in name
     assert name.endswith(f":{torch.get_num_threads()}t")
+
+
+@pytest.fixture(scope="module")
+def ood_rows(real_workspace) -> SplitTensors:
+    """The first 2,500 rows of a real OOD test split: two full groups of mask
+    sums and a part one."""
+    from benchmark import engine
+    from benchmark.protocol import STANDARD
+
+    cell = real_workspace.splits(STANDARD, "black", 16, 0)
+    split = engine.cell_tensors(cell, real_workspace.bank)["ood_test"]
+    n = 2500
+    return SplitTensors(
+        digits=split.digits,
+        backgrounds=split.backgrounds,
+        digit_index=split.digit_index[:n],
+        background_index=split.background_index[:n],
+        foreground=split.foreground[:n],
+        label=split.label[:n],
+    )
+
+
+def fresh_model(workspace, name: str, params: dict) -> nn.Module:
+    from benchmark import engine
+
+    method = workspace.registry.get(name)
+    return engine.build_model(method, params, 0, torch.device("cpu")).eval()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("name, params", [("baseline", {}), ("masker", {"c": -1.0})])
+def test_logits_do_not_depend_on_the_evaluation_batch_size(
+    real_workspace, ood_rows, name, params, threads
+):
+    """Stored accuracies were computed in batches of another size; they stay valid
+    only if each image's logits are the same whatever batch it is evaluated in."""
+    from benchmark import engine
+
+    model = fresh_model(real_workspace, name, params)
+    rows = torch.arange(1000)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            outputs = {
+                size: torch.cat(
+                    [
+                        model(engine.prepare_input(ood_rows.images(r)))
+                        for r in rows.split(size)
+                    ]
+                )
+                for size in (engine.EVAL_BATCH_SIZE, 100, 1000)
+            }
+    finally:
+        torch.set_num_threads(before)
+    assert outputs[100].shape == (1000, 10)
+    assert torch.equal(outputs[engine.EVAL_BATCH_SIZE], outputs[1000])
+    assert torch.equal(outputs[100], outputs[1000])
+
+
+def test_mask_stats_do_not_depend_on_the_evaluation_batch_size(
+    real_workspace, ood_rows
+):
+    """Stored mask figures were summed over batches of 1,000; any batch size gives
+    them to the last digit."""
+    from benchmark import engine
+
+    model = fresh_model(real_workspace, "masker", {"c": -1.0})
+    with torch.no_grad():
+        # masks from about 1e-15 to 1, as trained ones reach, so that sums in
+        # double precision are inexact and their grouping shows in the last digit
+        model.masker[-2].weight.mul_(1000.0)
+    stored_way = mask_stats(model, ood_rows, batch_size=1000)
+    assert stored_way is not None
+    assert mask_stats(model, ood_rows, batch_size=engine.EVAL_BATCH_SIZE) == stored_way
+    assert mask_stats(model, ood_rows, batch_size=100) == stored_way
