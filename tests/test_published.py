@@ -29,7 +29,7 @@ STUDY = Path(__file__).parents[1] / "leaderboards" / "standard" / "results.sqlit
 
 # Rows stored before the device named the CPU's vector instructions. Of those,
 # the baseline's ran on an AVX2 machine (leaderboards/standard/NOTES.md); the
-# others most likely did not, so they stand for no CPU here.
+# others ran on an AVX-512 one, whose later rows name it, so they are not needed.
 LEGACY = {"cpu:x86_64:AVX2:1t": ("cpu:x86_64:1t", "baseline")}
 
 FIGURES = [
