@@ -107,6 +107,7 @@ def fresh_model(workspace, name: str, params: dict) -> nn.Module:
     return engine.build_model(method, params, 0, torch.device("cpu")).eval()
 
 
+@pytest.mark.realdata
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("name, params", [("baseline", {}), ("masker", {"c": -1.0})])
 def test_logits_do_not_depend_on_the_evaluation_batch_size(
@@ -138,6 +139,7 @@ def test_logits_do_not_depend_on_the_evaluation_batch_size(
     assert torch.equal(outputs[100], outputs[1000])
 
 
+@pytest.mark.realdata
 def test_mask_stats_do_not_depend_on_the_evaluation_batch_size(
     real_workspace, ood_rows
 ):

@@ -118,6 +118,7 @@ def test_no_grad_pooling_gives_the_same_values(loops_on_any_cpu, one_thread):
         assert torch.equal(bits(MaxPool2x2()(x)), bits(F.max_pool2d(x, 2)))
 
 
+@pytest.mark.realdata
 @pytest.mark.parametrize("name, params", [("baseline", {}), ("masker", {"c": -1.0})])
 def test_training_on_real_data_ends_with_the_weights_torch_pooling_gives(
     real_workspace, loops_on_any_cpu, one_thread, name, params
