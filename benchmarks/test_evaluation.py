@@ -1,8 +1,8 @@
 """Evaluation of a freshly built model (it costs what a trained one does) on a
-standard OOD test split (10,000 images) at one thread, in the harness's evaluation batches and in batches of
-1,000. Every cell evaluates four splits (35,000 images) and the masker's cells
-compute its mask once more on the OOD split, so for the masker this is about a
-tenth of a cell's wall time."""
+standard OOD test split, 10,000 images, at one thread, in the harness's
+evaluation batches and in batches of 1,000. Every cell evaluates four splits
+(35,000 images) and a masker cell computes its mask once more on the OOD
+split, so for the masker this is about a tenth of a cell's wall time."""
 
 from __future__ import annotations
 
