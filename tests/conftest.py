@@ -22,7 +22,8 @@ def _private_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:
-    """The real MNIST and CIFAR-10 (OOD_BENCH_DATA); tests using it skip when it is unset."""
+    """The real MNIST and CIFAR-10 (OOD_BENCH_DATA); tests using it skip when it
+    is unset."""
     value = os.environ.get("OOD_BENCH_DATA")
     if not value:
         pytest.skip(

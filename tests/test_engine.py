@@ -1,4 +1,5 @@
-"""Mask precision: what share of a mask's mass lands on the composited digit."""
+"""Mask precision: what share of a mask's mass lands on the composited digit,
+and evaluation figures that do not depend on the evaluation batch size."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+from benchmark import engine
 from benchmark.engine import SplitTensors, mask_stats
+from benchmark.protocol import STANDARD
 
 
 def tiny_split(n: int = 6) -> SplitTensors:
@@ -84,9 +87,6 @@ def test_cpu_device_name_records_vector_instructions_and_threads():
 def ood_rows(real_workspace) -> SplitTensors:
     """The first 2,500 rows of a real OOD test split: two full groups of mask
     sums and a part one."""
-    from benchmark import engine
-    from benchmark.protocol import STANDARD
-
     cell = real_workspace.splits(STANDARD, "black", 16, 0)
     split = engine.cell_tensors(cell, real_workspace.bank)["ood_test"]
     n = 2500
@@ -101,8 +101,6 @@ def ood_rows(real_workspace) -> SplitTensors:
 
 
 def fresh_model(workspace, name: str, params: dict) -> nn.Module:
-    from benchmark import engine
-
     method = workspace.registry.get(name)
     return engine.build_model(method, params, 0, torch.device("cpu")).eval()
 
@@ -115,8 +113,6 @@ def test_logits_do_not_depend_on_the_evaluation_batch_size(
 ):
     """Stored accuracies were computed in batches of another size; they stay valid
     only if each image's logits are the same whatever batch it is evaluated in."""
-    from benchmark import engine
-
     model = fresh_model(real_workspace, name, params)
     rows = torch.arange(1000)
     before = torch.get_num_threads()
@@ -145,8 +141,6 @@ def test_mask_stats_do_not_depend_on_the_evaluation_batch_size(
 ):
     """Stored mask figures were summed over batches of 1,000; any batch size gives
     them to the last digit."""
-    from benchmark import engine
-
     model = fresh_model(real_workspace, "masker", {"c": -1.0})
     with torch.no_grad():
         # masks from about 1e-15 to 1, as trained ones reach, so that sums in

@@ -15,7 +15,6 @@ import json
 import shutil
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 
@@ -41,17 +40,20 @@ FIGURES = [
 ]
 
 
-def study_rows(tmp_path) -> pd.DataFrame:
-    """The study's rows, read from a copy so the published file stays untouched."""
+@pytest.fixture
+def study_copy(tmp_path) -> Path:
+    """A copy of the study's results file, so the published one stays untouched."""
     copy = tmp_path / "study.sqlite"
     shutil.copyfile(STUDY, copy)
-    with ResultStore(copy) as store:
-        return store.frame(STANDARD.name)
+    return copy
 
 
-def test_a_published_cell_reproduces_bit_for_bit(real_workspace, tmp_path, one_thread):
+def test_a_published_cell_reproduces_bit_for_bit(
+    real_workspace, study_copy, one_thread
+):
     here = device_name(torch.device("cpu"))
-    rows = study_rows(tmp_path)
+    with ResultStore(study_copy) as store:
+        rows = store.frame(STANDARD.name)
     if here in LEGACY:
         device, method = LEGACY[here]
         rows = rows[(rows["device"] == device) & (rows["method"] == method)]
@@ -82,16 +84,16 @@ def test_a_published_cell_reproduces_bit_for_bit(real_workspace, tmp_path, one_t
         assert getattr(record, figure) == row[figure], f"{cell}: {figure}"
 
 
-def test_the_published_page_is_what_the_leaderboard_command_writes(data_root, tmp_path):
+def test_the_published_page_is_what_the_leaderboard_command_writes(
+    data_root, study_copy, tmp_path
+):
     """leaderboards/standard/README.md and results.csv are the command's output
     for the stored results and NOTES.md, not hand edits that could drift."""
     from benchmark.cli import main
 
     study = STUDY.parent
-    copy = tmp_path / "study.sqlite"
-    shutil.copyfile(STUDY, copy)
     out = tmp_path / "board"
-    argv = ["leaderboard", "--protocol", STANDARD.name, "--results", str(copy)]
+    argv = ["leaderboard", "--protocol", STANDARD.name, "--results", str(study_copy)]
     argv += ["--out", str(out), "--notes", str(study / "NOTES.md")]
     assert main([*argv, "--data-root", str(data_root)]) == 0
     for name in ("README.md", "results.csv"):
