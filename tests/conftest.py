@@ -43,16 +43,27 @@ def real_workspace(data_root):
     return Workspace.load(data_root, outside_plugins=False)
 
 
+def _intra_op_threads(n: int):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    yield n
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def one_thread():
     """Run with one intra-op thread, as each ``ood-bench run`` worker trains on
     CPU, then restore the setting."""
-    import torch
+    yield from _intra_op_threads(1)
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+
+@pytest.fixture
+def threads(request):
+    """Run with the test's parameter (``indirect=True``) as the number of
+    intra-op threads, then restore the setting."""
+    yield from _intra_op_threads(request.param)
 
 
 @pytest.fixture(scope="session")

@@ -106,7 +106,7 @@ def fresh_model(workspace, name: str, params: dict) -> nn.Module:
 
 
 @pytest.mark.realdata
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
 @pytest.mark.parametrize("name, params", [("baseline", {}), ("masker", {"c": -1.0})])
 def test_logits_do_not_depend_on_the_evaluation_batch_size(
     real_workspace, ood_rows, name, params, threads
@@ -115,21 +115,16 @@ def test_logits_do_not_depend_on_the_evaluation_batch_size(
     only if each image's logits are the same whatever batch it is evaluated in."""
     model = fresh_model(real_workspace, name, params)
     rows = torch.arange(1000)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.no_grad():
-            outputs = {
-                size: torch.cat(
-                    [
-                        model(engine.prepare_input(ood_rows.images(r)))
-                        for r in rows.split(size)
-                    ]
-                )
-                for size in (engine.EVAL_BATCH_SIZE, 100, 1000)
-            }
-    finally:
-        torch.set_num_threads(before)
+    with torch.no_grad():
+        outputs = {
+            size: torch.cat(
+                [
+                    model(engine.prepare_input(ood_rows.images(r)))
+                    for r in rows.split(size)
+                ]
+            )
+            for size in (engine.EVAL_BATCH_SIZE, 100, 1000)
+        }
     assert outputs[100].shape == (1000, 10)
     assert torch.equal(outputs[engine.EVAL_BATCH_SIZE], outputs[1000])
     assert torch.equal(outputs[100], outputs[1000])
